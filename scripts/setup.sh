@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Fetches everything maas needs that is not a Rust crate, idempotently:
+#   - ONNX Runtime 1.31.1 (libonnxruntime.so) from the PyPI wheel `onnxruntime==1.31.1`, into .ort/
+#   - a Python virtualenv (.venv) with grpcio/protobuf for the Python client example and tests
+# Only PyPI is contacted (via pip). Set MAAS_SKIP_VENV=1 to skip the virtualenv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ORT_VERSION=1.31.1
+ORT_DIR=.ort
+ORT_LIB="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
+PYTHON=${PYTHON:-python3}
+
+if [ ! -f "$ORT_LIB" ]; then
+  echo "setup: fetching onnxruntime==$ORT_VERSION from PyPI" >&2
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
+    --dest "$tmp" "onnxruntime==$ORT_VERSION"
+  wheel=$(ls "$tmp"/onnxruntime-"$ORT_VERSION"-*.whl)
+  mkdir -p "$ORT_DIR"
+  "$PYTHON" - "$wheel" "$ORT_DIR" "$ORT_VERSION" <<'PY'
+import sys, zipfile, os
+wheel, dest, ver = sys.argv[1:]
+name = f"onnxruntime/capi/libonnxruntime.so.{ver}"
+with zipfile.ZipFile(wheel) as z:
+    data = z.read(name)
+tmp = os.path.join(dest, f".libonnxruntime.so.{ver}.part")
+with open(tmp, "wb") as f:
+    f.write(data)
+os.replace(tmp, os.path.join(dest, f"libonnxruntime.so.{ver}"))
+PY
+  echo "setup: ONNX Runtime library at $ORT_LIB" >&2
+fi
+
+if [ "${MAAS_SKIP_VENV:-0}" != 1 ] && [ ! -f .venv/.maas-ready ]; then
+  echo "setup: creating .venv with the Python client dependencies" >&2
+  "$PYTHON" -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+  touch .venv/.maas-ready
+fi

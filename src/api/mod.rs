@@ -1,0 +1,4 @@
+//! Protocol front ends. Each translates its wire types into the core types of [`crate::tensor`] and
+//! back; wire types stop here.
+pub mod tf_tensor;
+pub mod tfserving;

@@ -1,0 +1,258 @@
+//! TensorFlow Serving gRPC front end: `tensorflow.serving.PredictionService` and `ModelService`.
+use super::tf_tensor;
+use crate::error::Error;
+use crate::manager::{ModelManager, VersionState};
+use crate::proto::tensorflow::serving::{
+    self as tfs, model_service_server::ModelService, model_spec::VersionChoice,
+    prediction_service_server::PredictionService, ModelSpec,
+};
+use crate::proto::tensorflow::{tensor_info, SignatureDef, TensorInfo, TensorShapeProto};
+use crate::runtime::Servable;
+use crate::tensor::{InferRequest, TensorSpec};
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The only signature an ONNX model has.
+pub const DEFAULT_SIGNATURE: &str = "serving_default";
+/// Type URL of the `Any` in GetModelMetadataResponse.metadata["signature_def"].
+pub const SIGNATURE_DEF_MAP_URL: &str = "type.googleapis.com/tensorflow.serving.SignatureDefMap";
+
+#[derive(Debug, Clone)]
+pub struct TfServing {
+    manager: Arc<ModelManager>,
+    tensor_content_output: bool,
+}
+
+impl TfServing {
+    pub fn new(manager: Arc<ModelManager>, tensor_content_output: bool) -> TfServing {
+        TfServing {
+            manager,
+            tensor_content_output,
+        }
+    }
+
+    /// Resolves a ModelSpec to a servable, checking the signature name.
+    fn resolve(&self, spec: Option<&ModelSpec>) -> Result<Arc<Servable>, Error> {
+        let spec = spec.ok_or_else(|| Error::InvalidArgument("Missing ModelSpec".into()))?;
+        if spec.name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "ModelSpec has no name specified.".into(),
+            ));
+        }
+        if !spec.signature_name.is_empty() && spec.signature_name != DEFAULT_SIGNATURE {
+            return Err(Error::FailedPrecondition(format!(
+                "Serving signature key \"{}\" not found: model '{}' has one signature, \"{DEFAULT_SIGNATURE}\"",
+                spec.signature_name, spec.name
+            )));
+        }
+        let version = match &spec.version_choice {
+            None => None,
+            Some(VersionChoice::Version(v)) => Some(*v),
+            Some(VersionChoice::VersionLabel(label)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "Unrecognized servable version label: '{label}' (model '{}' has no version labels; select a version number instead)",
+                    spec.name
+                )))
+            }
+        };
+        self.manager.resolve(&spec.name, version)
+    }
+}
+
+fn spec_out(s: &Servable) -> ModelSpec {
+    ModelSpec {
+        name: s.model.clone(),
+        signature_name: DEFAULT_SIGNATURE.to_string(),
+        version_choice: Some(VersionChoice::Version(s.version)),
+    }
+}
+
+fn tensor_info(spec: &TensorSpec) -> TensorInfo {
+    TensorInfo {
+        dtype: tf_tensor::dtype_to_tf(spec.dtype) as i32,
+        tensor_shape: Some(TensorShapeProto {
+            dim: spec
+                .shape
+                .iter()
+                .map(|&size| crate::proto::tensorflow::tensor_shape_proto::Dim {
+                    size,
+                    name: String::new(),
+                })
+                .collect(),
+            unknown_rank: false,
+        }),
+        encoding: Some(tensor_info::Encoding::Name(spec.name.clone())),
+    }
+}
+
+fn unimplemented(rpc: &str) -> Status {
+    Error::Unimplemented(format!(
+        "{rpc} is not supported: maas serves ONNX models, which have no tf.Example-based classify/regress \
+         signatures; use Predict"
+    ))
+    .into()
+}
+
+#[tonic::async_trait]
+impl PredictionService for TfServing {
+    async fn classify(
+        &self,
+        _request: Request<tfs::ClassificationRequest>,
+    ) -> Result<Response<tfs::ClassificationResponse>, Status> {
+        Err(unimplemented("Classify"))
+    }
+
+    async fn regress(
+        &self,
+        _request: Request<tfs::RegressionRequest>,
+    ) -> Result<Response<tfs::RegressionResponse>, Status> {
+        Err(unimplemented("Regress"))
+    }
+
+    async fn predict(
+        &self,
+        request: Request<tfs::PredictRequest>,
+    ) -> Result<Response<tfs::PredictResponse>, Status> {
+        let req = request.into_inner();
+        let servable = self.resolve(req.model_spec.as_ref())?;
+        let ctx = format!("model '{}' version {}", servable.model, servable.version);
+        let mut inputs = Vec::with_capacity(req.inputs.len());
+        for (name, t) in req.inputs {
+            let tensor = tf_tensor::decode(&ctx, &name, t)?;
+            inputs.push((name, tensor));
+        }
+        let mut outputs = req.output_filter;
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = outputs.iter().find(|n| !seen.insert(n.as_str())) {
+            return Err(Error::InvalidArgument(format!(
+                "{ctx}: output_filter names '{dup}' more than once"
+            ))
+            .into());
+        }
+        outputs.shrink_to_fit();
+        let response = servable.infer(InferRequest { inputs, outputs }).await?;
+        let outputs: HashMap<String, _> = response
+            .outputs
+            .into_iter()
+            .map(|(name, t)| (name, tf_tensor::encode(t, self.tensor_content_output)))
+            .collect();
+        Ok(Response::new(tfs::PredictResponse {
+            model_spec: Some(spec_out(&servable)),
+            outputs,
+        }))
+    }
+
+    async fn multi_inference(
+        &self,
+        _request: Request<tfs::MultiInferenceRequest>,
+    ) -> Result<Response<tfs::MultiInferenceResponse>, Status> {
+        Err(unimplemented("MultiInference"))
+    }
+
+    async fn get_model_metadata(
+        &self,
+        request: Request<tfs::GetModelMetadataRequest>,
+    ) -> Result<Response<tfs::GetModelMetadataResponse>, Status> {
+        let req = request.into_inner();
+        if req.metadata_field.is_empty() {
+            return Err(Error::InvalidArgument(
+                "GetModelMetadataRequest must specify at least one metadata_field (supported: \"signature_def\")".into(),
+            )
+            .into());
+        }
+        if let Some(f) = req.metadata_field.iter().find(|f| *f != "signature_def") {
+            return Err(Error::InvalidArgument(format!(
+                "Metadata field {f} is not supported; the supported field is \"signature_def\""
+            ))
+            .into());
+        }
+        let servable = self.resolve(req.model_spec.as_ref())?;
+        let sig = &servable.signature;
+        let def = SignatureDef {
+            inputs: sig
+                .inputs
+                .iter()
+                .map(|s| (s.name.clone(), tensor_info(s)))
+                .collect(),
+            outputs: sig
+                .outputs
+                .iter()
+                .map(|s| (s.name.clone(), tensor_info(s)))
+                .collect(),
+            method_name: "tensorflow/serving/predict".to_string(),
+            defaults: HashMap::new(),
+        };
+        let map = tfs::SignatureDefMap {
+            signature_def: HashMap::from([(DEFAULT_SIGNATURE.to_string(), def)]),
+        };
+        let any = prost_types::Any {
+            type_url: SIGNATURE_DEF_MAP_URL.to_string(),
+            value: map.encode_to_vec(),
+        };
+        Ok(Response::new(tfs::GetModelMetadataResponse {
+            model_spec: Some(spec_out(&servable)),
+            metadata: HashMap::from([("signature_def".to_string(), any)]),
+        }))
+    }
+}
+
+fn state_proto(s: VersionState) -> tfs::model_version_status::State {
+    use tfs::model_version_status::State;
+    match s {
+        VersionState::Start => State::Start,
+        VersionState::Loading => State::Loading,
+        VersionState::Available => State::Available,
+        VersionState::Unloading => State::Unloading,
+        VersionState::End => State::End,
+    }
+}
+
+#[tonic::async_trait]
+impl ModelService for TfServing {
+    async fn get_model_status(
+        &self,
+        request: Request<tfs::GetModelStatusRequest>,
+    ) -> Result<Response<tfs::GetModelStatusResponse>, Status> {
+        let req = request.into_inner();
+        let spec = req
+            .model_spec
+            .ok_or_else(|| Error::InvalidArgument("Missing ModelSpec".into()))?;
+        if spec.name.is_empty() {
+            return Err(Error::InvalidArgument("ModelSpec has no name specified.".into()).into());
+        }
+        // As in TF Serving, a version label is ignored here: only an explicit version narrows the answer.
+        let version = match spec.version_choice {
+            Some(VersionChoice::Version(v)) => Some(v),
+            _ => None,
+        };
+        let statuses = self.manager.status(&spec.name, version)?;
+        let model_version_status = statuses
+            .into_iter()
+            .map(|(v, s)| tfs::ModelVersionStatus {
+                version: v,
+                state: state_proto(s.state) as i32,
+                status: Some(tfs::StatusProto {
+                    error_code: i32::from(s.code),
+                    error_message: s.message,
+                }),
+            })
+            .collect();
+        Ok(Response::new(tfs::GetModelStatusResponse {
+            model_version_status,
+        }))
+    }
+
+    async fn handle_reload_config_request(
+        &self,
+        _request: Request<tfs::ReloadConfigRequest>,
+    ) -> Result<Response<tfs::ReloadConfigResponse>, Status> {
+        Err(Error::Unimplemented(
+            "HandleReloadConfigRequest is not supported yet: maas serves every model directory under \
+             --model-repository (model config files are not implemented)"
+                .into(),
+        )
+        .into())
+    }
+}

@@ -1,0 +1,107 @@
+//! The one error type of the core, and its mapping to gRPC status codes (one table, here).
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The model name is not known to the server.
+    #[error("Servable not found for request: model '{model}' is not served here; served models: [{known}]")]
+    ModelNotFound { model: String, known: String },
+    /// The model exists but not that version.
+    #[error("Servable not found for request: model '{model}' has no version {version}; its versions: [{known}]")]
+    VersionNotFound {
+        model: String,
+        version: i64,
+        known: String,
+    },
+    /// Something else the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The model/version exists but cannot take requests now (loading, failed, unloading).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A request that can never succeed as sent (bad tensors, unknown inputs, ...).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request names something the server does not have in that state (e.g. a signature).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// An RPC or feature this server does not offer.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// A limit was hit.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// ONNX Runtime failed while running a model.
+    #[error("model '{model}' version {version}: ONNX Runtime failed to run: {message}")]
+    Runtime {
+        model: String,
+        version: i64,
+        message: String,
+        invalid_input: bool,
+    },
+    /// A bug or an unexpected failure of the server itself.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// gRPC messages longer than this are cut (as TF Serving does), so a pathological input cannot
+/// produce a multi-megabyte status header.
+const MAX_MESSAGE_CHARS: usize = 4096;
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::ModelNotFound { .. } | Error::VersionNotFound { .. } | Error::NotFound(_) => {
+                Code::NotFound
+            }
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Unimplemented(_) => Code::Unimplemented,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Runtime {
+                invalid_input: true,
+                ..
+            } => Code::InvalidArgument,
+            Error::Runtime { .. } | Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let mut msg = e.to_string();
+        if msg.len() > MAX_MESSAGE_CHARS {
+            let mut cut = MAX_MESSAGE_CHARS;
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            msg.truncate(cut);
+            msg.push_str("...TRUNCATED");
+        }
+        Status::new(e.code(), msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_codes_and_truncates() {
+        let s: Status = Error::InvalidArgument("x".repeat(10_000)).into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().ends_with("...TRUNCATED"));
+        assert_eq!(s.message().len(), MAX_MESSAGE_CHARS + "...TRUNCATED".len());
+        let s: Status = Error::ModelNotFound {
+            model: "m".into(),
+            known: "a, b".into(),
+        }
+        .into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(
+            s.message(),
+            "Servable not found for request: model 'm' is not served here; served models: [a, b]"
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! maas: a Model-as-a-Service inference server for ONNX models, wire-compatible with TensorFlow Serving.
+//!
+//! Layout: protocol front ends in [`api`] translate wire messages into the protocol-neutral types of
+//! [`tensor`]; the [`manager`] resolves a model/version to a loaded [`runtime::Servable`], which runs
+//! ONNX Runtime on a pool of sessions off the async reactor. [`error::Error`] is the one error type,
+//! mapped to `tonic::Status` in one place.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod manager;
+pub mod proto;
+pub mod repository;
+pub mod runtime;
+pub mod server;
+pub mod tensor;
+
+pub use config::ServeConfig;
+pub use error::Error;

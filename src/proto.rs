@@ -1,0 +1,18 @@
+//! Generated protobuf/gRPC types (our own `proto/` files, wire-compatible with TensorFlow Serving).
+#![allow(missing_docs, clippy::all, unreachable_pub)]
+
+/// Encoded `FileDescriptorSet` of every file in `proto/`, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/maas_descriptor.bin"));
+
+pub mod tensorflow {
+    tonic::include_proto!("tensorflow");
+
+    pub mod error {
+        tonic::include_proto!("tensorflow.error");
+    }
+
+    pub mod serving {
+        tonic::include_proto!("tensorflow.serving");
+    }
+}

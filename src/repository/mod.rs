@@ -1,0 +1,119 @@
+//! The model repository on disk: `<root>/<model>/<version>/model.onnx`, version a positive integer.
+use std::path::{Path, PathBuf};
+
+/// File name of a version's model inside its version directory.
+pub const MODEL_FILE: &str = "model.onnx";
+
+/// A model directory found under the repository root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelDir {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// A version directory of a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionDir {
+    pub version: i64,
+    pub path: PathBuf,
+}
+
+impl VersionDir {
+    pub fn model_file(&self) -> PathBuf {
+        self.path.join(MODEL_FILE)
+    }
+}
+
+/// Every model directory under `root` (hidden entries and plain files are skipped), sorted by name.
+pub fn list_models(root: &Path) -> std::io::Result<Vec<ModelDir>> {
+    let mut models = Vec::new();
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.path().is_dir() {
+            continue;
+        }
+        models.push(ModelDir {
+            name,
+            path: entry.path(),
+        });
+    }
+    models.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(models)
+}
+
+/// Parses a version directory name: a positive integer (leading zeros allowed, as in TF Serving).
+pub fn parse_version(name: &str) -> Option<i64> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse::<i64>().ok().filter(|&v| v > 0)
+}
+
+/// The version directories of a model, sorted by version. Other entries are ignored with a warning.
+pub fn list_versions(model: &ModelDir) -> std::io::Result<Vec<VersionDir>> {
+    let mut versions: Vec<VersionDir> = Vec::new();
+    for entry in std::fs::read_dir(&model.path)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let is_dir = entry.path().is_dir();
+        match parse_version(&name) {
+            Some(version) if is_dir => {
+                if let Some(dup) = versions.iter().find(|v| v.version == version) {
+                    tracing::warn!(model = %model.name, ignored = %entry.path().display(), kept = %dup.path.display(),
+                        "two directories name version {version}; ignoring one");
+                    continue;
+                }
+                versions.push(VersionDir {
+                    version,
+                    path: entry.path(),
+                });
+            }
+            _ => tracing::warn!(model = %model.name, entry = %entry.path().display(),
+                "ignoring entry: versions are directories named by a positive integer, e.g. {}/1/{MODEL_FILE}",
+                model.path.display()),
+        }
+    }
+    versions.sort_by_key(|v| v.version);
+    Ok(versions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_names() {
+        assert_eq!(parse_version("1"), Some(1));
+        assert_eq!(parse_version("0007"), Some(7));
+        assert_eq!(parse_version("0"), None);
+        assert_eq!(parse_version("-3"), None);
+        assert_eq!(parse_version("v2"), None);
+        assert_eq!(parse_version("1.5"), None);
+        assert_eq!(parse_version(""), None);
+        assert_eq!(parse_version("99999999999999999999"), None);
+    }
+
+    #[test]
+    fn lists_versions_and_ignores_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m");
+        for d in ["1", "10", "2", "0", "abc", ".tmp", "002"] {
+            std::fs::create_dir_all(model.join(d)).unwrap();
+        }
+        std::fs::write(model.join("3"), b"a file, not a dir").unwrap();
+        std::fs::write(dir.path().join("README"), b"not a model").unwrap();
+        let models = list_models(dir.path()).unwrap();
+        assert_eq!(models.len(), 1);
+        assert_eq!(models[0].name, "m");
+        let versions: Vec<i64> = list_versions(&models[0])
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(versions, vec![1, 2, 10]);
+    }
+}

@@ -1,0 +1,41 @@
+//! ONNX Runtime: the process environment, execution providers, tensor conversion and the servable
+//! (a loaded model version with its pool of sessions).
+mod convert;
+pub mod env;
+mod providers;
+mod servable;
+
+pub use providers::Provider;
+pub use servable::{LoadError, Servable};
+
+/// How model versions are loaded and run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Execution providers in priority order.
+    pub providers: Vec<Provider>,
+    /// GPU device for cuda/tensorrt.
+    pub device_id: i32,
+    /// Fall back to CPU when a GPU provider cannot be registered.
+    pub allow_cpu_fallback: bool,
+    /// Sessions per model version.
+    pub pool_size: usize,
+    pub intra_op_threads: usize,
+    pub inter_op_threads: usize,
+    /// Share pre-packed weights across the sessions of a version.
+    pub share_prepacked_weights: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        RuntimeConfig {
+            providers: vec![Provider::Cpu],
+            device_id: 0,
+            allow_cpu_fallback: false,
+            pool_size: cores,
+            intra_op_threads: 1,
+            inter_op_threads: 1,
+            share_prepacked_weights: true,
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! A servable is one loaded model version: its signature and a bounded pool of ONNX Runtime sessions.
+//!
+//! `Session::run` takes `&mut self`, so each session serves one inference at a time. A semaphore with
+//! one permit per session bounds the work: a request waits (asynchronously, on the reactor) for a
+//! permit, then runs on a blocking thread where it takes a free session. No lock is ever held across
+//! an `.await`, and inference never runs on a reactor thread.
+use super::convert::{dtype_from_ort, from_output, to_input};
+use super::providers;
+use super::RuntimeConfig;
+use crate::error::Error;
+use crate::tensor::{fmt_shape, InferRequest, InferResponse, Signature, TensorSpec};
+use ort::environment::Environment;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
+use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
+use ort::value::{Outlet, ValueType};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, TryLockError};
+use tokio::sync::Semaphore;
+use tonic::Code;
+
+/// Why a model version could not be loaded, with the status code reported for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl LoadError {
+    pub fn new(code: Code, message: impl Into<String>) -> LoadError {
+        LoadError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<String> for LoadError {
+    fn from(message: String) -> LoadError {
+        LoadError::new(Code::Internal, message)
+    }
+}
+
+pub struct Servable {
+    pub model: String,
+    pub version: i64,
+    pub path: PathBuf,
+    pub signature: Signature,
+    /// Execution providers actually registered, e.g. `CPUExecutionProvider`.
+    pub providers: String,
+    sessions: Vec<Mutex<Session>>,
+    permits: Arc<Semaphore>,
+    /// Kept alive for as long as the sessions that share it.
+    _prepacked: Option<PrepackedWeights>,
+}
+
+impl std::fmt::Debug for Servable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Servable")
+            .field("model", &self.model)
+            .field("version", &self.version)
+            .field("sessions", &self.sessions.len())
+            .field("providers", &self.providers)
+            .finish()
+    }
+}
+
+impl Servable {
+    /// Loads `path` into `cfg.pool_size` sessions. Blocking: call it from a loader thread.
+    pub fn load(
+        env: &Environment,
+        model: &str,
+        version: i64,
+        path: &Path,
+        cfg: &RuntimeConfig,
+    ) -> Result<Servable, LoadError> {
+        if !path.is_file() {
+            return Err(LoadError::new(
+                Code::NotFound,
+                format!("model file {} does not exist", path.display()),
+            ));
+        }
+        let ort_err = |what: &str, e: ort::Error| format!("{what}: {e}");
+        let builder = Session::builder(env)
+            .map_err(|e| ort_err("could not create a session builder", e))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| ort_err("could not set the optimization level", e.into()))?
+            .with_intra_threads(cfg.intra_op_threads)
+            .map_err(|e| ort_err("could not set intra-op threads", e.into()))?
+            .with_inter_threads(cfg.inter_op_threads)
+            .map_err(|e| ort_err("could not set inter-op threads", e.into()))?
+            .with_log_id(format!("{model}:{version}"))
+            .map_err(|e| ort_err("could not set the log id", e.into()))?;
+        let (mut builder, providers) = providers::register(builder, cfg)
+            .map_err(|m| LoadError::new(Code::FailedPrecondition, m))?;
+        let prepacked = if cfg.share_prepacked_weights && cfg.pool_size > 1 {
+            let weights = PrepackedWeights::new();
+            builder = builder
+                .with_prepacked_weights(&weights)
+                .map_err(|e| ort_err("could not share pre-packed weights", e.into()))?;
+            Some(weights)
+        } else {
+            None
+        };
+        let pool_size = cfg.pool_size.max(1);
+        let mut sessions = Vec::with_capacity(pool_size);
+        for _ in 0..pool_size {
+            let session = builder.commit_from_file(path).map_err(|e| {
+                LoadError::new(
+                    Code::InvalidArgument,
+                    format!("ONNX Runtime could not load {}: {e}", path.display()),
+                )
+            })?;
+            sessions.push(session);
+        }
+        let signature =
+            signature_of(&sessions[0]).map_err(|m| LoadError::new(Code::InvalidArgument, m))?;
+        tracing::info!(model, version, path = %path.display(), sessions = pool_size, providers = %providers, "loaded model version");
+        Ok(Servable {
+            model: model.to_string(),
+            version,
+            path: path.to_path_buf(),
+            signature,
+            providers,
+            permits: Arc::new(Semaphore::new(sessions.len())),
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            _prepacked: prepacked,
+        })
+    }
+
+    /// Number of sessions in the pool.
+    pub fn pool_size(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn what(&self) -> String {
+        format!("model '{}' version {}", self.model, self.version)
+    }
+
+    /// Checks a request against the signature: every input present, known, with the right dtype and
+    /// shape; every requested output known.
+    pub fn validate(&self, req: &InferRequest) -> Result<(), Error> {
+        let sig = &self.signature;
+        for (name, t) in &req.inputs {
+            let Some(spec) = sig.inputs.iter().find(|s| &s.name == name) else {
+                return Err(Error::InvalidArgument(format!(
+                    "{} has no input named '{name}'; its inputs are {}",
+                    self.what(),
+                    list(&sig.inputs)
+                )));
+            };
+            if spec.dtype != t.dtype {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: input '{name}' must have dtype {}, received {}",
+                    self.what(),
+                    spec.dtype,
+                    t.dtype
+                )));
+            }
+            if spec.shape.len() != t.shape.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: input '{name}' must have rank {} (shape {}), received rank {} (shape {})",
+                    self.what(),
+                    spec.shape.len(),
+                    fmt_shape(&spec.shape),
+                    t.shape.len(),
+                    fmt_shape(&t.shape)
+                )));
+            }
+            for (i, (&want, &got)) in spec.shape.iter().zip(&t.shape).enumerate() {
+                if want >= 0 && want != got {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: input '{name}' dimension {i} must be {want} (shape {}), received shape {}",
+                        self.what(),
+                        fmt_shape(&spec.shape),
+                        fmt_shape(&t.shape)
+                    )));
+                }
+            }
+        }
+        let missing: Vec<String> = sig
+            .inputs
+            .iter()
+            .filter(|s| !req.inputs.iter().any(|(n, _)| n == &s.name))
+            .map(|s| s.to_string())
+            .collect();
+        if !missing.is_empty() {
+            let got: Vec<String> = req.inputs.iter().map(|(n, _)| format!("'{n}'")).collect();
+            return Err(Error::InvalidArgument(format!(
+                "{}: missing input {}; received inputs [{}]",
+                self.what(),
+                missing.join(", "),
+                got.join(", ")
+            )));
+        }
+        for name in &req.outputs {
+            if !sig.outputs.iter().any(|s| &s.name == name) {
+                return Err(Error::InvalidArgument(format!(
+                    "{} has no output named '{name}' (in output_filter); its outputs are {}",
+                    self.what(),
+                    list(&sig.outputs)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates and runs a request on a free session of the pool, off the reactor.
+    pub async fn infer(self: &Arc<Self>, req: InferRequest) -> Result<InferResponse, Error> {
+        self.validate(&req)?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Unavailable(format!("{} is unloading", self.what())))?;
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let result = this.run_blocking(&req);
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("inference task for {} failed: {e}", self.what())))?
+    }
+
+    /// Runs a validated request on a free session. Blocking.
+    pub fn run_blocking(&self, req: &InferRequest) -> Result<InferResponse, Error> {
+        let mut inputs: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(req.inputs.len());
+        for (name, t) in &req.inputs {
+            inputs.push((
+                name.as_str(),
+                to_input(name, t).map_err(Error::InvalidArgument)?,
+            ));
+        }
+        let mut guard = self.take_session()?;
+        let session: &mut Session = &mut guard;
+        let runtime_err = |e: ort::Error| Error::Runtime {
+            model: self.model.clone(),
+            version: self.version,
+            invalid_input: matches!(e.code(), ort::error::ErrorCode::InvalidArgument),
+            message: e.to_string(),
+        };
+        let wanted: Vec<&str> = if req.outputs.is_empty() {
+            self.signature
+                .outputs
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect()
+        } else {
+            req.outputs.iter().map(String::as_str).collect()
+        };
+        let options = if req.outputs.is_empty() {
+            None
+        } else {
+            let selector = wanted
+                .iter()
+                .fold(OutputSelector::no_default(), |s, n| s.with(*n));
+            let options = RunOptions::new()
+                .map_err(|e| Error::Internal(format!("could not create run options: {e}")))?
+                .with_outputs(selector);
+            Some(options)
+        };
+        let mut outputs = match &options {
+            None => session.run(inputs),
+            Some(options) => session.run_with_options(inputs, options),
+        }
+        .map_err(runtime_err)?;
+        let mut values = Vec::with_capacity(wanted.len());
+        for name in wanted {
+            let value = outputs.remove(name).ok_or_else(|| {
+                Error::Internal(format!(
+                    "{}: ONNX Runtime returned no output '{name}'",
+                    self.what()
+                ))
+            })?;
+            values.push((name, value));
+        }
+        // The values are owned: give the session back before copying them out.
+        drop(outputs);
+        drop(guard);
+        let mut result = Vec::with_capacity(values.len());
+        for (name, value) in values {
+            let tensor = from_output(name, &value).map_err(Error::Internal)?;
+            result.push((name.to_string(), tensor));
+        }
+        Ok(InferResponse { outputs: result })
+    }
+
+    fn take_session(&self) -> Result<std::sync::MutexGuard<'_, Session>, Error> {
+        // The caller holds a permit, so at least one session is free.
+        for s in &self.sessions {
+            match s.try_lock() {
+                Ok(g) => return Ok(g),
+                Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+                Err(TryLockError::WouldBlock) => continue,
+            }
+        }
+        Err(Error::Internal(format!(
+            "{}: no free session although a permit was held",
+            self.what()
+        )))
+    }
+}
+
+fn list(specs: &[TensorSpec]) -> String {
+    let items: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn spec_of(outlet: &Outlet, kind: &str) -> Result<TensorSpec, String> {
+    match outlet.dtype() {
+        ValueType::Tensor { ty, shape, .. } => {
+            let dtype = dtype_from_ort(*ty).ok_or_else(|| {
+                format!(
+                    "{kind} '{}' has element type {ty:?}, which maas cannot serve",
+                    outlet.name()
+                )
+            })?;
+            Ok(TensorSpec {
+                name: outlet.name().to_string(),
+                dtype,
+                shape: shape.iter().copied().collect(),
+            })
+        }
+        other => Err(format!(
+            "{kind} '{}' is a {other}; maas serves tensor inputs and outputs only",
+            outlet.name()
+        )),
+    }
+}
+
+fn signature_of(session: &Session) -> Result<Signature, String> {
+    Ok(Signature {
+        inputs: session
+            .inputs()
+            .iter()
+            .map(|o| spec_of(o, "input"))
+            .collect::<Result<_, _>>()?,
+        outputs: session
+            .outputs()
+            .iter()
+            .map(|o| spec_of(o, "output"))
+            .collect::<Result<_, _>>()?,
+    })
+}

@@ -1,0 +1,108 @@
+//! The gRPC server: TF Serving services, health (`grpc.health.v1`), reflection (v1 and v1alpha),
+//! startup loading and graceful shutdown.
+use crate::api::tfserving::TfServing;
+use crate::config::ServeConfig;
+use crate::manager::ModelManager;
+use crate::proto::tensorflow::serving::model_service_server::ModelServiceServer;
+use crate::proto::tensorflow::serving::prediction_service_server::PredictionServiceServer;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+type PredictionSvc = PredictionServiceServer<TfServing>;
+type ModelSvc = ModelServiceServer<TfServing>;
+
+/// Service names whose health is reported: "" (the whole server) and each API service.
+pub const HEALTH_SERVICES: [&str; 3] = ["", PredictionSvc::NAME, ModelSvc::NAME];
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    for name in HEALTH_SERVICES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains: health goes NOT_SERVING, new
+/// connections are refused, in-flight requests finish, and the function returns.
+///
+/// Health is NOT_SERVING until the initial models have been loaded (or have failed to load: a model
+/// that fails does not hold the others back); the port answers from the start.
+pub async fn serve(
+    cfg: ServeConfig,
+    env: &'static ort::environment::Environment,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let manager = Arc::new(ModelManager::new(
+        env,
+        cfg.runtime.clone(),
+        cfg.num_load_threads,
+    ));
+    let api = TfServing::new(Arc::clone(&manager), cfg.tensor_content_output);
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::NotServing).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("cannot build the reflection service: {e}"))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| format!("cannot build the reflection service: {e}"))?;
+
+    let max = cfg.max_message_size_bytes;
+    let prediction = PredictionServiceServer::new(api.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let model = ModelServiceServer::new(api)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+
+    // Load the repository in the background; flip health to SERVING when the initial pass is done.
+    let loader = {
+        let (manager, reporter, root) = (
+            Arc::clone(&manager),
+            reporter.clone(),
+            cfg.model_repository.clone(),
+        );
+        tokio::spawn(async move {
+            match manager.load_repository(&root).await {
+                Ok(()) => {
+                    tracing::info!(
+                        models = manager.model_names().len(),
+                        "initial models loaded; serving"
+                    );
+                    set_health(&reporter, ServingStatus::Serving).await;
+                }
+                Err(e) => tracing::error!("{e}"),
+            }
+        })
+    };
+
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, repository = %cfg.model_repository.display(), "maas gRPC server listening");
+    let drain_reporter = reporter.clone();
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(prediction)
+        .add_service(model)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            tracing::info!("shutting down: health NOT_SERVING, finishing in-flight requests");
+            set_health(&drain_reporter, ServingStatus::NotServing).await;
+        })
+        .await
+        .map_err(|e| format!("gRPC server error: {e}"));
+    loader.abort();
+    tracing::info!("server stopped");
+    result
+}
