@@ -88,6 +88,16 @@ pub struct ServeArgs {
     #[arg(long, alias = "enable_serialization_as_tensor_content")]
     pub enable_serialization_as_tensor_content: bool,
 
+    /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish before the remaining
+    /// connections are closed.
+    #[arg(
+        long,
+        alias = "drain_timeout_seconds",
+        default_value_t = 30.0,
+        value_name = "SECONDS"
+    )]
+    pub drain_timeout_seconds: f64,
+
     /// Models loaded at the same time.
     #[arg(
         long,
@@ -106,6 +116,7 @@ pub struct ServeConfig {
     pub max_message_size_bytes: usize,
     pub tensor_content_output: bool,
     pub num_load_threads: usize,
+    pub drain_timeout: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -117,6 +128,7 @@ impl ServeConfig {
             max_message_size_bytes: 1 << 30,
             tensor_content_output: false,
             num_load_threads: 1,
+            drain_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -132,6 +144,13 @@ impl ServeArgs {
         if self.execution_providers.is_empty() {
             return Err("--execution-providers needs at least one of cpu, cuda, tensorrt".into());
         }
+        let drain_timeout = std::time::Duration::try_from_secs_f64(self.drain_timeout_seconds)
+            .map_err(|_| {
+                format!(
+                    "--drain-timeout-seconds must be a non-negative number, got {}",
+                    self.drain_timeout_seconds
+                )
+            })?;
         let pool_size = if self.session_pool_size == 0 {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             (cores / self.intra_op_threads).max(1)
@@ -152,6 +171,7 @@ impl ServeArgs {
             max_message_size_bytes: self.max_message_size_bytes,
             tensor_content_output: self.enable_serialization_as_tensor_content,
             num_load_threads: self.num_load_threads,
+            drain_timeout,
         })
     }
 }

@@ -89,7 +89,8 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, repository = %cfg.model_repository.display(), "maas gRPC server listening");
     let drain_reporter = reporter.clone();
-    let result = tonic::transport::Server::builder()
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -99,9 +100,24 @@ pub async fn serve(
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, finishing in-flight requests");
             set_health(&drain_reporter, ServingStatus::NotServing).await;
-        })
-        .await
-        .map_err(|e| format!("gRPC server error: {e}"));
+            let _ = drain_tx.send(());
+        });
+    // In-flight requests get `drain_timeout` to finish; streams that never end (e.g. Health/Watch)
+    // must not keep the process alive forever.
+    let drain_timeout = cfg.drain_timeout;
+    let drain_deadline = async move {
+        match drain_rx.await {
+            Ok(()) => tokio::time::sleep(drain_timeout).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        r = server => r.map_err(|e| format!("gRPC server error: {e}")),
+        () = drain_deadline => {
+            tracing::warn!(timeout_s = drain_timeout.as_secs_f64(), "drain timeout: closing the remaining connections");
+            Ok(())
+        }
+    };
     loader.abort();
     tracing::info!("server stopped");
     result
