@@ -229,7 +229,8 @@ impl Servable {
         for (name, t) in &req.inputs {
             inputs.push((
                 name.as_str(),
-                to_input(name, t).map_err(Error::InvalidArgument)?,
+                to_input(name, t)
+                    .map_err(|m| Error::InvalidArgument(format!("{}: {m}", self.what())))?,
             ));
         }
         let mut guard = self.take_session()?;
