@@ -76,10 +76,6 @@ pub struct ServeArgs {
     #[arg(long, alias = "tensorflow_inter_op_parallelism", default_value_t = 1)]
     pub inter_op_threads: usize,
 
-    /// Share pre-packed weights between the sessions of one model version (less memory per session).
-    #[arg(long, alias = "share_prepacked_weights", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub share_prepacked_weights: bool,
-
     /// Largest gRPC message accepted or sent, in bytes (gRPC's own default is 4 MiB).
     #[arg(long, alias = "max_message_size_bytes", default_value_t = 1 << 30, value_name = "BYTES")]
     pub max_message_size_bytes: usize,
@@ -166,7 +162,6 @@ impl ServeArgs {
                 pool_size,
                 intra_op_threads: self.intra_op_threads,
                 inter_op_threads: self.inter_op_threads,
-                share_prepacked_weights: self.share_prepacked_weights,
             },
             max_message_size_bytes: self.max_message_size_bytes,
             tensor_content_output: self.enable_serialization_as_tensor_content,

@@ -29,7 +29,6 @@ fn help_documents_every_flag() {
         "--session-pool-size",
         "--intra-op-threads",
         "--inter-op-threads",
-        "--share-prepacked-weights",
         "--max-message-size-bytes",
         "--enable-serialization-as-tensor-content",
         "--drain-timeout-seconds",

@@ -208,7 +208,6 @@ async fn health_is_not_serving_until_models_are_loaded() {
     copy_dir(&fixtures().join("slow/1"), &dir.path().join("slow/1"));
     let mut cfg = ServeConfig::new(dir.path());
     cfg.runtime.pool_size = 2;
-    cfg.runtime.share_prepacked_weights = false;
     let server = TestServer::start(cfg).await;
     let mut h = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
     let mut watch = h

@@ -21,8 +21,6 @@ pub struct RuntimeConfig {
     pub pool_size: usize,
     pub intra_op_threads: usize,
     pub inter_op_threads: usize,
-    /// Share pre-packed weights across the sessions of a version.
-    pub share_prepacked_weights: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -35,7 +33,6 @@ impl Default for RuntimeConfig {
             pool_size: cores,
             intra_op_threads: 1,
             inter_op_threads: 1,
-            share_prepacked_weights: true,
         }
     }
 }

@@ -10,7 +10,7 @@ use super::RuntimeConfig;
 use crate::error::Error;
 use crate::tensor::{fmt_shape, InferRequest, InferResponse, Signature, TensorSpec};
 use ort::environment::Environment;
-use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
+use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{Outlet, ValueType};
 use std::path::{Path, PathBuf};
@@ -49,8 +49,6 @@ pub struct Servable {
     pub providers: String,
     sessions: Vec<Mutex<Session>>,
     permits: Arc<Semaphore>,
-    /// Kept alive for as long as the sessions that share it.
-    _prepacked: Option<PrepackedWeights>,
 }
 
 impl std::fmt::Debug for Servable {
@@ -92,15 +90,6 @@ impl Servable {
             .map_err(|e| ort_err("could not set the log id", e.into()))?;
         let (mut builder, providers) = providers::register(builder, cfg)
             .map_err(|m| LoadError::new(Code::FailedPrecondition, m))?;
-        let prepacked = if cfg.share_prepacked_weights && cfg.pool_size > 1 {
-            let weights = PrepackedWeights::new();
-            builder = builder
-                .with_prepacked_weights(&weights)
-                .map_err(|e| ort_err("could not share pre-packed weights", e.into()))?;
-            Some(weights)
-        } else {
-            None
-        };
         let pool_size = cfg.pool_size.max(1);
         let mut sessions = Vec::with_capacity(pool_size);
         for _ in 0..pool_size {
@@ -123,7 +112,6 @@ impl Servable {
             providers,
             permits: Arc::new(Semaphore::new(sessions.len())),
             sessions: sessions.into_iter().map(Mutex::new).collect(),
-            _prepacked: prepacked,
         })
     }
 
