@@ -10,10 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(&files, ["proto"])?;
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("maas_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
+    std::fs::write(out_dir.join("maas_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
 
     tonic_prost_build::configure()
         .build_server(true)
@@ -31,11 +28,7 @@ fn collect_protos(dir: &PathBuf, out: &mut Vec<PathBuf>) -> std::io::Result<()> 
             collect_protos(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "proto") {
             // protox wants paths relative to the include root
-            out.push(
-                path.strip_prefix("proto")
-                    .map(PathBuf::from)
-                    .unwrap_or(path),
-            );
+            out.push(path.strip_prefix("proto").map(PathBuf::from).unwrap_or(path));
         }
     }
     Ok(())

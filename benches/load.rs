@@ -32,14 +32,10 @@ fn parse() -> Result<Opts, String> {
         match a.as_str() {
             "--address" => o.address = val()?,
             "--model" => o.model = val()?,
-            "--concurrency" => {
-                o.concurrency = val()?.parse().map_err(|e| format!("--concurrency: {e}"))?
-            }
+            "--concurrency" => o.concurrency = val()?.parse().map_err(|e| format!("--concurrency: {e}"))?,
             "--seconds" => o.seconds = val()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--rows" => o.rows = val()?.parse().map_err(|e| format!("--rows: {e}"))?,
-            "--connections" => {
-                o.connections = val()?.parse().map_err(|e| format!("--connections: {e}"))?
-            }
+            "--connections" => o.connections = val()?.parse().map_err(|e| format!("--connections: {e}"))?,
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
         }
@@ -53,30 +49,14 @@ fn request(o: &Opts) -> PredictRequest {
     let t = TensorProto {
         dtype: DataType::DtFloat as i32,
         tensor_shape: Some(TensorShapeProto {
-            dim: vec![
-                Dim {
-                    size: o.rows,
-                    name: String::new(),
-                },
-                Dim {
-                    size: 8,
-                    name: String::new(),
-                },
-            ],
+            dim: vec![Dim { size: o.rows, name: String::new() }, Dim { size: 8, name: String::new() }],
             unknown_rank: false,
         }),
-        tensor_content: vals
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect::<Vec<u8>>()
-            .into(),
+        tensor_content: vals.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
         ..Default::default()
     };
     PredictRequest {
-        model_spec: Some(ModelSpec {
-            name: o.model.clone(),
-            ..Default::default()
-        }),
+        model_spec: Some(ModelSpec { name: o.model.clone(), ..Default::default() }),
         inputs: [("x".to_string(), t)].into_iter().collect(),
         ..Default::default()
     }
@@ -98,11 +78,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async move {
         let mut clients = Vec::new();
         for _ in 0..o.connections.max(1) {

@@ -25,6 +25,7 @@ Written files:
   tests/fixtures/repo/fixed_shape/1/model.onnx       a[2,3] f32 -> sum=a+1, b[N] i64 -> b_out
   tests/fixtures/repo/broken/1/model.onnx            not an ONNX file
   tests/fixtures/repo/slow/1/model.onnx              many MatMul+Tanh layers
+  tests/fixtures/rollout/v<k>.onnx                   y = x + k, x float32 [N, 1], k = 1..12
 """
 
 import argparse
@@ -212,6 +213,23 @@ def slow(layers=SLOW_LAYERS, width=SLOW_WIDTH):
 # generation
 
 
+def offset(value):
+    """y = x + value for x float32 [N, 1]: a model whose output tells which version answered."""
+    c = numpy_helper.from_array(f32([value]), "offset")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "offset"], ["y"])],
+        f"offset_{value}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [c],
+    )
+    return make_model(graph)
+
+
+ROLLOUT = os.path.join(ROOT, "tests", "fixtures", "rollout")
+ROLLOUT_VERSIONS = 12
+
+
 def generate(slow_layers=SLOW_LAYERS):
     classifier_v1 = serialize(numbers_classifier(1))
     classifier_v2 = serialize(numbers_classifier(2))
@@ -234,6 +252,10 @@ def generate(slow_layers=SLOW_LAYERS):
     write_bytes(os.path.join(FIXTURES, "fixed_shape", "1", "model.onnx"), serialize(fixed_shape()))
     write_bytes(os.path.join(FIXTURES, "broken", "1", "model.onnx"), BROKEN_BYTES)
     write_bytes(os.path.join(FIXTURES, "slow", "1", "model.onnx"), serialize(slow(slow_layers)))
+
+    # rollout fixtures: version k answers y = x + k (copied into temp repositories by the tests)
+    for k in range(1, ROLLOUT_VERSIONS + 1):
+        write_bytes(os.path.join(ROLLOUT, f"v{k}.onnx"), serialize(offset(k)))
 
 
 # --------------------------------------------------------------------------

@@ -33,9 +33,11 @@ PY
   echo "setup: ONNX Runtime library at $ORT_LIB" >&2
 fi
 
-if [ "${MAAS_SKIP_VENV:-0}" != 1 ] && [ ! -f .venv/.maas-ready ]; then
-  echo "setup: creating .venv with the Python client dependencies" >&2
-  "$PYTHON" -m venv .venv
+# The marker holds the hash of requirements.txt, so a changed file re-runs the install.
+want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
+if [ "${MAAS_SKIP_VENV:-0}" != 1 ] && [ "$(cat .venv/.maas-ready 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing the Python dependencies into .venv" >&2
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
-  touch .venv/.maas-ready
+  echo "$want" > .venv/.maas-ready
 fi

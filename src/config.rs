@@ -1,7 +1,11 @@
 //! Command line (clap) and the validated configuration the server runs with.
+use crate::manager::{ManagerConfig, ModelSource};
+use crate::repository::config::{self as model_config, ModelConfig};
+use crate::repository::policy::VersionPolicy;
 use crate::runtime::{Provider, RuntimeConfig};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// ONNX models over gRPC, wire-compatible with TensorFlow Serving.
 #[derive(Debug, Parser)]
@@ -21,14 +25,54 @@ pub enum Command {
 /// accepted too (e.g. `--enable_serialization_as_tensor_content`).
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Model repository: <DIR>/<model>/<version>/model.onnx, version a positive integer.
-    #[arg(
-        long,
-        alias = "model_repository",
-        env = "MAAS_MODEL_REPOSITORY",
-        value_name = "DIR"
-    )]
-    pub model_repository: PathBuf,
+    /// Model repository: <DIR>/<model>/<version>/model.onnx, version a positive integer. Every
+    /// directory is a model serving its latest version; directories added or removed at runtime
+    /// are picked up. Give this, --model-config-file, or --model-base-path.
+    #[arg(long, alias = "model_repository", env = "MAAS_MODEL_REPOSITORY", value_name = "DIR")]
+    pub model_repository: Option<PathBuf>,
+
+    /// TF Serving `models.config` (ModelServerConfig text format, model_platform "onnx"): names,
+    /// base paths, version policies and labels. Relative base_path values are resolved against the
+    /// file's directory.
+    #[arg(long, alias = "model_config_file", value_name = "FILE")]
+    pub model_config_file: Option<PathBuf>,
+
+    /// Re-read --model-config-file every N seconds (0 = read once at start).
+    #[arg(long, alias = "model_config_file_poll_wait_seconds", default_value_t = 0.0, value_name = "SECONDS")]
+    pub model_config_file_poll_wait_seconds: f64,
+
+    /// Single-model mode: the model's name (with --model-base-path).
+    #[arg(long, alias = "model_name", default_value = "default", value_name = "NAME")]
+    pub model_name: String,
+
+    /// Single-model mode: the directory holding the model's numbered versions.
+    #[arg(long, alias = "model_base_path", value_name = "DIR")]
+    pub model_base_path: Option<PathBuf>,
+
+    /// Scan the repository for new, changed and removed versions every N seconds (0 = once at
+    /// start). A version is loaded once its files are unchanged across two scans.
+    #[arg(long, alias = "file_system_poll_wait_seconds", default_value_t = 1.0, value_name = "SECONDS")]
+    pub file_system_poll_wait_seconds: f64,
+
+    /// Retries after a failed load (a version whose files change is always tried again).
+    #[arg(long, alias = "max_num_load_retries", default_value_t = 5, value_name = "N")]
+    pub max_num_load_retries: u32,
+
+    /// Wait between load retries, in microseconds.
+    #[arg(long, alias = "load_retry_interval_micros", default_value_t = 60_000_000, value_name = "MICROS")]
+    pub load_retry_interval_micros: u64,
+
+    /// Run each new version once on inputs synthesized from its signature before it takes traffic.
+    #[arg(long, alias = "enable_model_warmup", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub enable_model_warmup: bool,
+
+    /// Let a new version label point at a version that is not AVAILABLE yet.
+    #[arg(long, alias = "allow_version_labels_for_unavailable_models")]
+    pub allow_version_labels_for_unavailable_models: bool,
+
+    /// Longest HandleReloadConfigRequest waits for the new config's models to load.
+    #[arg(long, alias = "reload_config_timeout_seconds", default_value_t = 60.0, value_name = "SECONDS")]
+    pub reload_config_timeout_seconds: f64,
 
     /// gRPC port (TensorFlow Serving's default). 0 picks a free port.
     #[arg(long, default_value_t = 8500)]
@@ -45,13 +89,7 @@ pub struct ServeArgs {
 
     /// Execution providers in priority order, comma separated: cpu, cuda, tensorrt.
     /// A GPU provider that cannot be registered fails the model's load unless --allow-cpu-fallback.
-    #[arg(
-        long,
-        alias = "execution_providers",
-        value_delimiter = ',',
-        default_value = "cpu",
-        value_name = "LIST"
-    )]
+    #[arg(long, alias = "execution_providers", value_delimiter = ',', default_value = "cpu", value_name = "LIST")]
     pub execution_providers: Vec<Provider>,
 
     /// GPU device id for the cuda and tensorrt providers.
@@ -86,47 +124,56 @@ pub struct ServeArgs {
 
     /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish before the remaining
     /// connections are closed.
-    #[arg(
-        long,
-        alias = "drain_timeout_seconds",
-        default_value_t = 30.0,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, alias = "drain_timeout_seconds", default_value_t = 30.0, value_name = "SECONDS")]
     pub drain_timeout_seconds: f64,
 
     /// Models loaded at the same time.
-    #[arg(
-        long,
-        alias = "num_load_threads",
-        default_value_t = 1,
-        value_name = "N"
-    )]
+    #[arg(long, alias = "num_load_threads", default_value_t = 1, value_name = "N")]
     pub num_load_threads: usize,
 }
 
 /// Everything `server::serve` needs, already validated.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub model_repository: PathBuf,
-    pub runtime: RuntimeConfig,
+    pub source: ModelSource,
+    pub manager: ManagerConfig,
     pub max_message_size_bytes: usize,
     pub tensor_content_output: bool,
-    pub num_load_threads: usize,
-    pub drain_timeout: std::time::Duration,
+    pub drain_timeout: Duration,
+    /// The config file to re-read, and how often.
+    pub model_config_file: Option<(PathBuf, Duration)>,
+    pub reload_config_timeout: Duration,
 }
 
 impl ServeConfig {
-    /// Defaults for serving `repo` (what `maas serve --model-repository repo` uses).
+    /// Defaults for serving every model under `repo` (what `maas serve --model-repository repo` uses).
     pub fn new(repo: impl Into<PathBuf>) -> ServeConfig {
+        ServeConfig::with_source(ModelSource::Repository(repo.into()))
+    }
+
+    pub fn with_source(source: ModelSource) -> ServeConfig {
         ServeConfig {
-            model_repository: repo.into(),
-            runtime: RuntimeConfig::default(),
+            source,
+            manager: ManagerConfig::default(),
             max_message_size_bytes: 1 << 30,
             tensor_content_output: false,
-            num_load_threads: 1,
-            drain_timeout: std::time::Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            model_config_file: None,
+            reload_config_timeout: Duration::from_secs(60),
         }
     }
+}
+
+fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("{flag} must be a non-negative number of seconds, got {v}"))
+}
+
+/// Reads and validates a model config file.
+pub fn read_model_config(file: &std::path::Path) -> Result<Vec<ModelConfig>, String> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("cannot read model config file {}: {e}", file.display()))?;
+    let dir = file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    model_config::parse_text(&text, &dir).map_err(|e| format!("invalid model config file {}: {e}", file.display()))
 }
 
 impl ServeArgs {
@@ -140,13 +187,35 @@ impl ServeArgs {
         if self.execution_providers.is_empty() {
             return Err("--execution-providers needs at least one of cpu, cuda, tensorrt".into());
         }
-        let drain_timeout = std::time::Duration::try_from_secs_f64(self.drain_timeout_seconds)
-            .map_err(|_| {
-                format!(
-                    "--drain-timeout-seconds must be a non-negative number, got {}",
-                    self.drain_timeout_seconds
-                )
-            })?;
+        let drain_timeout = seconds("--drain-timeout-seconds", self.drain_timeout_seconds)?;
+        let poll = seconds("--file-system-poll-wait-seconds", self.file_system_poll_wait_seconds)?;
+        let config_poll = seconds("--model-config-file-poll-wait-seconds", self.model_config_file_poll_wait_seconds)?;
+        let reload_timeout = seconds("--reload-config-timeout-seconds", self.reload_config_timeout_seconds)?;
+        let given = [self.model_repository.is_some(), self.model_config_file.is_some(), self.model_base_path.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err("give exactly one of --model-repository, --model-config-file, or --model-base-path \
+                 (with --model-name)"
+                .into());
+        }
+        let source = if let Some(repo) = &self.model_repository {
+            if !repo.is_dir() {
+                return Err(format!(
+                    "model repository {} is not a directory (expected <dir>/<model>/<version>/model.onnx)",
+                    repo.display()
+                ));
+            }
+            ModelSource::Repository(repo.clone())
+        } else if let Some(file) = &self.model_config_file {
+            ModelSource::List(read_model_config(file)?)
+        } else {
+            let base = self.model_base_path.clone().unwrap_or_default();
+            ModelSource::List(vec![ModelConfig {
+                name: self.model_name.clone(),
+                base_path: base,
+                policy: VersionPolicy::default(),
+                labels: Default::default(),
+            }])
+        };
         let pool_size = if self.session_pool_size == 0 {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             (cores / self.intra_op_threads).max(1)
@@ -154,19 +223,31 @@ impl ServeArgs {
             self.session_pool_size
         };
         Ok(ServeConfig {
-            model_repository: self.model_repository.clone(),
-            runtime: RuntimeConfig {
-                providers: self.execution_providers.clone(),
-                device_id: self.device_id,
-                allow_cpu_fallback: self.allow_cpu_fallback,
-                pool_size,
-                intra_op_threads: self.intra_op_threads,
-                inter_op_threads: self.inter_op_threads,
+            source,
+            manager: ManagerConfig {
+                runtime: RuntimeConfig {
+                    providers: self.execution_providers.clone(),
+                    device_id: self.device_id,
+                    allow_cpu_fallback: self.allow_cpu_fallback,
+                    pool_size,
+                    intra_op_threads: self.intra_op_threads,
+                    inter_op_threads: self.inter_op_threads,
+                },
+                num_load_threads: self.num_load_threads,
+                max_load_retries: self.max_num_load_retries,
+                load_retry_interval: Duration::from_micros(self.load_retry_interval_micros),
+                enable_warmup: self.enable_model_warmup,
+                allow_labels_for_unavailable: self.allow_version_labels_for_unavailable_models,
+                poll_interval: (!poll.is_zero()).then_some(poll),
             },
             max_message_size_bytes: self.max_message_size_bytes,
             tensor_content_output: self.enable_serialization_as_tensor_content,
-            num_load_threads: self.num_load_threads,
             drain_timeout,
+            model_config_file: match &self.model_config_file {
+                Some(f) if !config_poll.is_zero() => Some((f.clone(), config_poll)),
+                _ => None,
+            },
+            reload_config_timeout: reload_timeout,
         })
     }
 }

@@ -8,11 +8,7 @@ pub enum Error {
     ModelNotFound { model: String, known: String },
     /// The model exists but not that version.
     #[error("Servable not found for request: model '{model}' has no version {version}; its versions: [{known}]")]
-    VersionNotFound {
-        model: String,
-        version: i64,
-        known: String,
-    },
+    VersionNotFound { model: String, version: i64, known: String },
     /// Something else the request names does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -33,12 +29,7 @@ pub enum Error {
     ResourceExhausted(String),
     /// ONNX Runtime failed while running a model.
     #[error("model '{model}' version {version}: ONNX Runtime failed to run: {message}")]
-    Runtime {
-        model: String,
-        version: i64,
-        message: String,
-        invalid_input: bool,
-    },
+    Runtime { model: String, version: i64, message: String, invalid_input: bool },
     /// A bug or an unexpected failure of the server itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -51,18 +42,13 @@ const MAX_MESSAGE_CHARS: usize = 4096;
 impl Error {
     pub fn code(&self) -> Code {
         match self {
-            Error::ModelNotFound { .. } | Error::VersionNotFound { .. } | Error::NotFound(_) => {
-                Code::NotFound
-            }
+            Error::ModelNotFound { .. } | Error::VersionNotFound { .. } | Error::NotFound(_) => Code::NotFound,
             Error::Unavailable(_) => Code::Unavailable,
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Runtime {
-                invalid_input: true,
-                ..
-            } => Code::InvalidArgument,
+            Error::Runtime { invalid_input: true, .. } => Code::InvalidArgument,
             Error::Runtime { .. } | Error::Internal(_) => Code::Internal,
         }
     }
@@ -93,15 +79,8 @@ mod tests {
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().ends_with("...TRUNCATED"));
         assert_eq!(s.message().len(), MAX_MESSAGE_CHARS + "...TRUNCATED".len());
-        let s: Status = Error::ModelNotFound {
-            model: "m".into(),
-            known: "a, b".into(),
-        }
-        .into();
+        let s: Status = Error::ModelNotFound { model: "m".into(), known: "a, b".into() }.into();
         assert_eq!(s.code(), Code::NotFound);
-        assert_eq!(
-            s.message(),
-            "Servable not found for request: model 'm' is not served here; served models: [a, b]"
-        );
+        assert_eq!(s.message(), "Servable not found for request: model 'm' is not served here; served models: [a, b]");
     }
 }

@@ -5,10 +5,7 @@
 //! ONNX Runtime on a pool of sessions off the async reactor. [`error::Error`] is the one error type,
 //! mapped to `tonic::Status` in one place.
 
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod api;
 pub mod config;

@@ -8,9 +8,7 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -27,12 +25,6 @@ fn main() -> ExitCode {
 
 fn serve(args: maas::config::ServeArgs) -> Result<(), String> {
     let cfg = args.to_config()?;
-    if !cfg.model_repository.is_dir() {
-        return Err(format!(
-            "model repository {} is not a directory (expected <dir>/<model>/<version>/model.onnx)",
-            cfg.model_repository.display()
-        ));
-    }
     let env = maas::runtime::env::init(args.ort_lib.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -41,9 +33,8 @@ fn serve(args: maas::config::ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         let addr = format!("{}:{}", args.host, args.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         maas::server::serve(cfg, env, listener, shutdown_signal()).await
     })
 }

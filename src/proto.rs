@@ -2,8 +2,7 @@
 #![allow(missing_docs, clippy::all, unreachable_pub)]
 
 /// Encoded `FileDescriptorSet` of every file in `proto/`, served by gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/maas_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/maas_descriptor.bin"));
 
 pub mod tensorflow {
     tonic::include_proto!("tensorflow");

@@ -36,12 +36,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let manager = Arc::new(ModelManager::new(
-        env,
-        cfg.runtime.clone(),
-        cfg.num_load_threads,
-    ));
-    let api = TfServing::new(Arc::clone(&manager), cfg.tensor_content_output);
+    let manager = Arc::new(ModelManager::new(env, cfg.manager.clone(), cfg.source.clone()));
+    let api = TfServing::new(Arc::clone(&manager), cfg.tensor_content_output, cfg.reload_config_timeout);
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
@@ -58,36 +54,28 @@ pub async fn serve(
         .map_err(|e| format!("cannot build the reflection service: {e}"))?;
 
     let max = cfg.max_message_size_bytes;
-    let prediction = PredictionServiceServer::new(api.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let model = ModelServiceServer::new(api)
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let prediction =
+        PredictionServiceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(max);
+    let model = ModelServiceServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max);
 
-    // Load the repository in the background; flip health to SERVING when the initial pass is done.
+    // Load the initial models in the background; flip health to SERVING when that pass is done,
+    // then keep watching the repository.
     let loader = {
-        let (manager, reporter, root) = (
-            Arc::clone(&manager),
-            reporter.clone(),
-            cfg.model_repository.clone(),
-        );
+        let (manager, reporter) = (Arc::clone(&manager), reporter.clone());
         tokio::spawn(async move {
-            match manager.load_repository(&root).await {
-                Ok(()) => {
-                    tracing::info!(
-                        models = manager.model_names().len(),
-                        "initial models loaded; serving"
-                    );
-                    set_health(&reporter, ServingStatus::Serving).await;
-                }
-                Err(e) => tracing::error!("{e}"),
-            }
+            manager.initial_load().await;
+            tracing::info!(models = manager.model_names().len(), "initial models loaded; serving");
+            set_health(&reporter, ServingStatus::Serving).await;
+            manager.watch().await;
         })
     };
+    let config_poller = cfg.model_config_file.clone().map(|(file, period)| {
+        let manager = Arc::clone(&manager);
+        tokio::spawn(async move { poll_config_file(manager, file, period).await })
+    });
 
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, repository = %cfg.model_repository.display(), "maas gRPC server listening");
+    tracing::info!(%addr, "maas gRPC server listening");
     let drain_reporter = reporter.clone();
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
@@ -119,6 +107,38 @@ pub async fn serve(
         }
     };
     loader.abort();
+    if let Some(p) = config_poller {
+        p.abort();
+    }
     tracing::info!("server stopped");
     result
+}
+
+/// Re-reads the model config file every `period`; a changed, valid file replaces the model list.
+/// An invalid one is logged and ignored: the running config keeps serving.
+async fn poll_config_file(manager: Arc<ModelManager>, file: std::path::PathBuf, period: std::time::Duration) {
+    let mut last = std::fs::read_to_string(&file).ok();
+    loop {
+        tokio::time::sleep(period).await;
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(file = %file.display(), "cannot read the model config file: {e}; keeping the current config");
+                continue;
+            }
+        };
+        if last.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        last = Some(text);
+        match crate::config::read_model_config(&file) {
+            Ok(models) => match manager.set_models(models, true) {
+                Ok(()) => tracing::info!(file = %file.display(), "model config file changed; applied"),
+                Err(e) => {
+                    tracing::error!(file = %file.display(), "model config file rejected: {e}; keeping the current config")
+                }
+            },
+            Err(e) => tracing::error!("{e}; keeping the current config"),
+        }
+    }
 }

@@ -128,9 +128,7 @@ pub fn element_count(shape: &[i64]) -> Result<usize, TensorError> {
     let mut n: usize = 1;
     for &d in shape {
         let d = usize::try_from(d).map_err(|_| TensorError::NegativeDim(shape.to_vec()))?;
-        n = n
-            .checked_mul(d)
-            .ok_or_else(|| TensorError::TooLarge(shape.to_vec()))?;
+        n = n.checked_mul(d).ok_or_else(|| TensorError::TooLarge(shape.to_vec()))?;
     }
     Ok(n)
 }
@@ -141,22 +139,14 @@ impl Tensor {
         let n = element_count(&shape)?;
         match (&data, dtype.size()) {
             (TensorData::Raw(b), Some(size)) => {
-                let expected = n
-                    .checked_mul(size)
-                    .ok_or_else(|| TensorError::TooLarge(shape.clone()))?;
+                let expected = n.checked_mul(size).ok_or_else(|| TensorError::TooLarge(shape.clone()))?;
                 if b.len() != expected {
-                    return Err(TensorError::ByteLength {
-                        expected,
-                        got: b.len(),
-                    });
+                    return Err(TensorError::ByteLength { expected, got: b.len() });
                 }
             }
             (TensorData::Strings(s), None) => {
                 if s.len() != n {
-                    return Err(TensorError::StringCount {
-                        expected: n,
-                        got: s.len(),
-                    });
+                    return Err(TensorError::StringCount { expected: n, got: s.len() });
                 }
             }
             _ => return Err(TensorError::Kind),
@@ -185,13 +175,7 @@ pub struct TensorSpec {
 
 impl fmt::Display for TensorSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "'{}' ({} {})",
-            self.name,
-            self.dtype,
-            fmt_shape(&self.shape)
-        )
+        write!(f, "'{}' ({} {})", self.name, self.dtype, fmt_shape(&self.shape))
     }
 }
 
@@ -221,42 +205,15 @@ mod tests {
 
     #[test]
     fn new_checks_byte_length() {
-        let ok = Tensor::new(
-            DType::F32,
-            vec![2, 2],
-            TensorData::Raw(Bytes::from(vec![0u8; 16])),
-        );
+        let ok = Tensor::new(DType::F32, vec![2, 2], TensorData::Raw(Bytes::from(vec![0u8; 16])));
         assert!(ok.is_ok());
-        let bad = Tensor::new(
-            DType::F32,
-            vec![2, 2],
-            TensorData::Raw(Bytes::from(vec![0u8; 12])),
-        );
-        assert_eq!(
-            bad,
-            Err(TensorError::ByteLength {
-                expected: 16,
-                got: 12
-            })
-        );
+        let bad = Tensor::new(DType::F32, vec![2, 2], TensorData::Raw(Bytes::from(vec![0u8; 12])));
+        assert_eq!(bad, Err(TensorError::ByteLength { expected: 16, got: 12 }));
         let neg = Tensor::new(DType::U8, vec![-1], TensorData::Raw(Bytes::new()));
         assert_eq!(neg, Err(TensorError::NegativeDim(vec![-1])));
-        let strings = Tensor::new(
-            DType::String,
-            vec![3],
-            TensorData::Strings(vec![Bytes::new(); 2]),
-        );
-        assert_eq!(
-            strings,
-            Err(TensorError::StringCount {
-                expected: 3,
-                got: 2
-            })
-        );
-        assert_eq!(
-            element_count(&[i64::MAX, 4]),
-            Err(TensorError::TooLarge(vec![i64::MAX, 4]))
-        );
+        let strings = Tensor::new(DType::String, vec![3], TensorData::Strings(vec![Bytes::new(); 2]));
+        assert_eq!(strings, Err(TensorError::StringCount { expected: 3, got: 2 }));
+        assert_eq!(element_count(&[i64::MAX, 4]), Err(TensorError::TooLarge(vec![i64::MAX, 4])));
     }
 
     #[test]

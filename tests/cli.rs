@@ -8,8 +8,7 @@ use std::time::Duration;
 
 fn maas() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_maas"));
-    c.env_remove("ORT_DYLIB_PATH")
-        .env("RUST_LOG", "info,ort=warn");
+    c.env_remove("ORT_DYLIB_PATH").env("RUST_LOG", "info,ort=warn");
     c
 }
 
@@ -43,18 +42,15 @@ fn missing_library_says_what_to_run() {
     let out = maas()
         .args(["serve", "--model-repository"])
         .arg(bundled())
-        .args([
-            "--port",
-            "0",
-            "--ort-lib",
-            "/nonexistent/libonnxruntime.so.1.31.1",
-        ])
+        .args(["--port", "0", "--ort-lib", "/nonexistent/libonnxruntime.so.1.31.1"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
-        err.contains("maas: error: could not load ONNX Runtime from /nonexistent/libonnxruntime.so.1.31.1 (given by --ort-lib)"),
+        err.contains(
+            "maas: error: could not load ONNX Runtime from /nonexistent/libonnxruntime.so.1.31.1 (given by --ort-lib)"
+        ),
         "{err}"
     );
     assert!(
@@ -71,10 +67,7 @@ fn missing_library_says_what_to_run() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        err.contains("could not load ONNX Runtime from /also/missing.so (given by ORT_DYLIB_PATH)"),
-        "{err}"
-    );
+    assert!(err.contains("could not load ONNX Runtime from /also/missing.so (given by ORT_DYLIB_PATH)"), "{err}");
 }
 
 #[test]
@@ -97,40 +90,18 @@ fn tf_serving_underscore_flags_are_accepted() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        err.contains("model repository /nonexistent-repo is not a directory"),
-        "{err}"
-    );
+    assert!(err.contains("model repository /nonexistent-repo is not a directory"), "{err}");
 
-    let out = maas()
-        .args([
-            "serve",
-            "--model-repository",
-            ".",
-            "--execution-providers",
-            "gpu",
-        ])
-        .output()
-        .unwrap();
+    let out = maas().args(["serve", "--model-repository", ".", "--execution-providers", "gpu"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "clap usage error");
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        err.contains("invalid value 'gpu'") && err.contains("cpu, cuda, tensorrt"),
-        "{err}"
-    );
+    assert!(err.contains("invalid value 'gpu'") && err.contains("cpu, cuda, tensorrt"), "{err}");
 }
 
 #[test]
 fn sigterm_drains_and_exits_zero() {
     let mut child = maas()
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--model-repository",
-        ])
+        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--model-repository"])
         .arg(bundled())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -153,10 +124,7 @@ fn sigterm_drains_and_exits_zero() {
             break;
         };
         if let Some(i) = line.find("addr=") {
-            addr = line[i + 5..]
-                .split_whitespace()
-                .next()
-                .map(|s| s.to_string());
+            addr = line[i + 5..].split_whitespace().next().map(|s| s.to_string());
         }
         serving |= line.contains("initial models loaded; serving");
     }
@@ -177,10 +145,7 @@ fn sigterm_drains_and_exits_zero() {
             .into_inner();
         assert_eq!(r.outputs["y"].float_val.len(), 2);
     });
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let mut status = None;
     for _ in 0..200 {
@@ -196,14 +161,8 @@ fn sigterm_drains_and_exits_zero() {
     });
     assert_eq!(status.code(), Some(0));
     let rest: Vec<String> = rx.try_iter().collect();
-    assert!(
-        rest.iter().any(|l| l.contains("received SIGTERM")),
-        "{rest:?}"
-    );
-    assert!(
-        rest.iter().any(|l| l.contains("server stopped")),
-        "{rest:?}"
-    );
+    assert!(rest.iter().any(|l| l.contains("received SIGTERM")), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("server stopped")), "{rest:?}");
 }
 
 /// Kills the server if the test fails before it exits.

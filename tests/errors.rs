@@ -6,6 +6,7 @@ use bytes::Bytes;
 use common::*;
 use maas::proto::tensorflow::serving::{model_spec::VersionChoice, ModelSpec, PredictRequest};
 use maas::proto::tensorflow::{DataType, TensorProto};
+#[allow(unused_imports)]
 use maas::ServeConfig;
 use tonic::Code;
 
@@ -33,7 +34,7 @@ fn fixed_b() -> TensorProto {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_precise_statuses() {
-    let server = TestServer::ready(ServeConfig::new(fixtures())).await;
+    let server = TestServer::ready(test_config(fixtures())).await;
     let mut c = server.predict_client().await;
     let x = || classifier_input(1, 0);
 
@@ -41,13 +42,8 @@ async fn bad_requests_get_precise_statuses() {
     let mut req = predict_req("numbers_classifier", None, vec![("x", x())]);
     req.model_spec = None;
     expect(&mut c, req, Code::InvalidArgument, "Missing ModelSpec").await;
-    expect(
-        &mut c,
-        predict_req("", None, vec![("x", x())]),
-        Code::InvalidArgument,
-        "ModelSpec has no name specified.",
-    )
-    .await;
+    expect(&mut c, predict_req("", None, vec![("x", x())]), Code::InvalidArgument, "ModelSpec has no name specified.")
+        .await;
     let known = "broken, fixed_shape, identity_bfloat16, identity_bool, identity_double, identity_float, \
                  identity_float16, identity_int16, identity_int32, identity_int64, identity_int8, identity_string, \
                  identity_uint16, identity_uint32, identity_uint64, identity_uint8, numbers_classifier, slow";
@@ -84,7 +80,7 @@ async fn bad_requests_get_precise_statuses() {
         &mut c,
         req,
         Code::InvalidArgument,
-        "Unrecognized servable version label: 'stable' (model 'numbers_classifier' has no version labels; select a version number instead)",
+        "Unrecognized servable version label: 'stable' for model 'numbers_classifier'; its labels: []",
     )
     .await;
 
@@ -146,11 +142,7 @@ async fn bad_requests_get_precise_statuses() {
     .await;
 
     // data that does not match the shape
-    let mut short = TensorProto {
-        dtype: DataType::DtFloat as i32,
-        tensor_shape: shape(&[2, 8]),
-        ..Default::default()
-    };
+    let mut short = TensorProto { dtype: DataType::DtFloat as i32, tensor_shape: shape(&[2, 8]), ..Default::default() };
     short.tensor_content = Bytes::from(vec![0u8; 12]);
     expect(
         &mut c,
@@ -180,11 +172,7 @@ async fn bad_requests_get_precise_statuses() {
         "model 'numbers_classifier' version 1: input 'x': shape [-1, 8] has a negative dimension; request tensors need a concrete shape",
     )
     .await;
-    let complex = TensorProto {
-        dtype: DataType::DtComplex64 as i32,
-        tensor_shape: shape(&[1]),
-        ..Default::default()
-    };
+    let complex = TensorProto { dtype: DataType::DtComplex64 as i32, tensor_shape: shape(&[1]), ..Default::default() };
     expect(
         &mut c,
         predict_req("numbers_classifier", None, vec![("x", complex)]),
@@ -207,11 +195,8 @@ async fn bad_requests_get_precise_statuses() {
         "model 'identity_int8' version 1: input 'x': int_val value 200 is out of range for DT_INT8",
     )
     .await;
-    let mut bad_utf8 = TensorProto {
-        dtype: DataType::DtString as i32,
-        tensor_shape: shape(&[1, 2]),
-        ..Default::default()
-    };
+    let mut bad_utf8 =
+        TensorProto { dtype: DataType::DtString as i32, tensor_shape: shape(&[1, 2]), ..Default::default() };
     bad_utf8.string_val = vec![Bytes::from_static(b"ok"), Bytes::from_static(&[0xff, 0xfe])];
     expect(
         &mut c,
@@ -220,11 +205,8 @@ async fn bad_requests_get_precise_statuses() {
         "model 'identity_string' version 1: input 'x': string element 1 is not valid UTF-8 (invalid utf-8 sequence of 1 bytes from index 0); ONNX string tensors hold UTF-8 text",
     )
     .await;
-    let mut str_content = TensorProto {
-        dtype: DataType::DtString as i32,
-        tensor_shape: shape(&[1, 1]),
-        ..Default::default()
-    };
+    let mut str_content =
+        TensorProto { dtype: DataType::DtString as i32, tensor_shape: shape(&[1, 1]), ..Default::default() };
     str_content.tensor_content = Bytes::from_static(b"abc");
     expect(
         &mut c,
@@ -235,63 +217,39 @@ async fn bad_requests_get_precise_statuses() {
     .await;
 
     // a model that failed to load
-    let err = c
-        .predict(predict_req("broken", None, vec![("x", x())]))
-        .await
-        .unwrap_err();
+    let err = c.predict(predict_req("broken", None, vec![("x", x())])).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(
-        err.message().starts_with("model 'broken' has no available version: version 1 is END (failed to load: ONNX Runtime could not load "),
+        err.message().starts_with(
+            "model 'broken' has no available version: version 1 is END (failed to load: ONNX Runtime could not load "
+        ),
         "{}",
         err.message()
     );
-    assert!(
-        err.message().contains("broken/1/model.onnx"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("broken/1/model.onnx"), "{}", err.message());
 
     // and the server still serves
-    let ok = c
-        .predict(predict_req("numbers_classifier", None, vec![("x", x())]))
-        .await
-        .unwrap()
-        .into_inner();
+    let ok = c.predict(predict_req("numbers_classifier", None, vec![("x", x())])).await.unwrap().into_inner();
     assert_eq!(ok.outputs["y"].float_val.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_size_limit_is_a_flag() {
-    let mut cfg = ServeConfig::new(fixtures());
+    let mut cfg = test_config(fixtures());
     cfg.max_message_size_bytes = 1024;
     let server = TestServer::ready(cfg).await;
     let mut c = server.predict_client().await;
     let big = f32_tensor(&[64, 8], vec![0.25; 512]);
-    let err = c
-        .predict(predict_req("numbers_classifier", None, vec![("x", big)]))
-        .await
-        .unwrap_err();
+    let err = c.predict(predict_req("numbers_classifier", None, vec![("x", big)])).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
-    assert!(
-        err.message().contains("message length too large"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("message length too large"), "{}", err.message());
 
     // the default accepts far more than gRPC's 4 MiB: 8 MiB of float32 through the identity model
-    let server = TestServer::ready(ServeConfig::new(fixtures())).await;
+    let server = TestServer::ready(test_config(fixtures())).await;
     let c = server.predict_client().await;
     let n = 2 * 1024 * 1024;
-    let mut t = TensorProto {
-        dtype: DataType::DtFloat as i32,
-        tensor_shape: shape(&[1, n]),
-        ..Default::default()
-    };
-    t.tensor_content = Bytes::from(
-        (0..n)
-            .flat_map(|i| (i as f32).to_le_bytes())
-            .collect::<Vec<u8>>(),
-    );
+    let mut t = TensorProto { dtype: DataType::DtFloat as i32, tensor_shape: shape(&[1, n]), ..Default::default() };
+    t.tensor_content = Bytes::from((0..n).flat_map(|i| (i as f32).to_le_bytes()).collect::<Vec<u8>>());
     let mut req = predict_req("identity_float", None, vec![("x", t.clone())]);
     req.output_filter = vec!["y".into()];
     let mut c = c.max_encoding_message_size(64 << 20);

@@ -3,24 +3,21 @@ mod common;
 
 use common::*;
 use maas::proto::tensorflow::{DataType, TensorProto};
+#[allow(unused_imports)]
 use maas::ServeConfig;
 use std::time::{Duration, Instant};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_concurrent_requests_are_all_correct() {
-    let server = TestServer::ready(ServeConfig::new(fixtures())).await;
+    let server = TestServer::ready(test_config(fixtures())).await;
     let client = server.predict_client().await;
     // Reference answers, one request at a time.
     let mut expected = Vec::new();
     for i in 0..64 {
         let r = client
             .clone()
-            .predict(predict_req(
-                "numbers_classifier",
-                None,
-                vec![("x", classifier_input(1 + i % 4, i))],
-            ))
+            .predict(predict_req("numbers_classifier", None, vec![("x", classifier_input(1 + i % 4, i))]))
             .await
             .unwrap()
             .into_inner();
@@ -32,11 +29,7 @@ async fn sixty_four_concurrent_requests_are_all_correct() {
         let mut c = client.clone();
         tasks.push(tokio::spawn(async move {
             let r = c
-                .predict(predict_req(
-                    "numbers_classifier",
-                    None,
-                    vec![("x", classifier_input(1 + i % 4, i))],
-                ))
+                .predict(predict_req("numbers_classifier", None, vec![("x", classifier_input(1 + i % 4, i))]))
                 .await
                 .map(|r| r.into_inner().outputs["y"].float_val.clone());
             (i, r)
@@ -51,9 +44,7 @@ async fn sixty_four_concurrent_requests_are_all_correct() {
 }
 
 fn slow_input() -> TensorProto {
-    let vals: Vec<f32> = (0..64 * 256)
-        .map(|i| ((i % 97) as f32 - 48.0) / 50.0)
-        .collect();
+    let vals: Vec<f32> = (0..64 * 256).map(|i| ((i % 97) as f32 - 48.0) / 50.0).collect();
     TensorProto {
         dtype: DataType::DtFloat as i32,
         tensor_shape: shape(&[64, 256]),
@@ -64,8 +55,8 @@ fn slow_input() -> TensorProto {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests() {
-    let mut cfg = ServeConfig::new(fixtures());
-    cfg.runtime.pool_size = 1;
+    let mut cfg = test_config(fixtures());
+    cfg.manager.runtime.pool_size = 1;
     let mut server = TestServer::ready(cfg).await;
     let client = server.predict_client().await;
     // The reference answer.
@@ -82,88 +73,45 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 
     // A health watcher sees the drain begin.
     let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
-    let mut watch = health
-        .watch(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        watch.message().await.unwrap().unwrap().status(),
-        ServingStatus::Serving
-    );
+    let mut watch =
+        health.watch(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
 
     // Three slow requests queue on one session (about 3 x 170 ms), then shutdown is triggered.
     let mut tasks = Vec::new();
     for _ in 0..3 {
         let mut c = client.clone();
-        tasks.push(tokio::spawn(async move {
-            c.predict(predict_req("slow", None, vec![("x", slow_input())]))
-                .await
-        }));
+        tasks.push(tokio::spawn(async move { c.predict(predict_req("slow", None, vec![("x", slow_input())])).await }));
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     server.trigger_shutdown();
-    let status = tokio::time::timeout(Duration::from_secs(10), watch.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        status.status(),
-        ServingStatus::NotServing,
-        "health goes NOT_SERVING when draining begins"
-    );
+    let status = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(status.status(), ServingStatus::NotServing, "health goes NOT_SERVING when draining begins");
     for t in tasks {
-        let r = t
-            .await
-            .unwrap()
-            .expect("in-flight request must complete during the drain");
+        let r = t.await.unwrap().expect("in-flight request must complete during the drain");
         assert_eq!(r.into_inner().outputs["y"].float_val, expected);
     }
     // The open Watch stream would keep the drain waiting; the drain timeout (30 s by default)
     // ends it. Drop it so the server can stop as soon as the requests are done.
     drop(watch);
-    server
-        .join()
-        .await
-        .expect("serve returns Ok after the drain");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "drain took {:?}",
-        started.elapsed()
-    );
+    server.join().await.expect("serve returns Ok after the drain");
+    assert!(started.elapsed() < Duration::from_secs(20), "drain took {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_timeout_bounds_a_stream_that_never_ends() {
-    let mut cfg = ServeConfig::new(fixtures());
+    let mut cfg = test_config(fixtures());
     cfg.drain_timeout = Duration::from_millis(500);
     let mut server = TestServer::ready(cfg).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
-    let mut watch = health
-        .watch(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        watch.message().await.unwrap().unwrap().status(),
-        ServingStatus::Serving
-    );
+    let mut watch =
+        health.watch(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
     let started = Instant::now();
     server.trigger_shutdown();
-    server
-        .join()
-        .await
-        .expect("serve returns Ok when the drain timeout ends");
+    server.join().await.expect("serve returns Ok when the drain timeout ends");
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(450) && took < Duration::from_secs(10),
-        "took {took:?}"
-    );
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(10), "took {took:?}");
     drop(watch);
 }

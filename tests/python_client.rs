@@ -2,28 +2,21 @@
 mod common;
 
 use common::*;
+#[allow(unused_imports)]
 use maas::ServeConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_client_predicts() {
     let python = repo_root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run ./scripts/setup.sh (it creates .venv with grpcio)",
-        python.display()
-    );
-    let server = TestServer::ready(ServeConfig::new(bundled())).await;
+    assert!(python.exists(), "{} is missing: run ./scripts/setup.sh (it creates .venv with grpcio)", python.display());
+    let server = TestServer::ready(test_config(bundled())).await;
     let out = tokio::process::Command::new(&python)
         .arg(repo_root().join("examples/python_client.py"))
         .args(["--json", "--address", &server.addr.to_string()])
         .output()
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "python client failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "python client failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["states"]["2"], "AVAILABLE");
     assert_eq!(v["input_name"], "x");
@@ -38,11 +31,7 @@ async fn python_grpcio_client_predicts() {
     let rust = server
         .predict_client()
         .await
-        .predict(predict_req(
-            "numbers_classifier",
-            None,
-            vec![("x", f32_tensor(&[4, 8], flat))],
-        ))
+        .predict(predict_req("numbers_classifier", None, vec![("x", f32_tensor(&[4, 8], flat))]))
         .await
         .unwrap()
         .into_inner();

@@ -34,20 +34,14 @@ pub fn dtype_from_tf(v: i32) -> Option<DType> {
 }
 
 fn tf_name(v: i32) -> String {
-    DataType::try_from(v).map_or_else(
-        |_| format!("unknown DataType {v}"),
-        |d| d.as_str_name().to_string(),
-    )
+    DataType::try_from(v).map_or_else(|_| format!("unknown DataType {v}"), |d| d.as_str_name().to_string())
 }
 
 /// Decodes one request tensor. `ctx` names the model/version and `name` the input, for messages.
 pub fn decode(ctx: &str, name: &str, t: TensorProto) -> Result<Tensor, Error> {
     let bad = |msg: String| Error::InvalidArgument(format!("{ctx}: input '{name}': {msg}"));
     let Some(dtype) = dtype_from_tf(t.dtype) else {
-        let supported: Vec<&str> = DType::ALL
-            .iter()
-            .map(|&d| dtype_to_tf(d).as_str_name())
-            .collect();
+        let supported: Vec<&str> = DType::ALL.iter().map(|&d| dtype_to_tf(d).as_str_name()).collect();
         return Err(bad(format!(
             "dtype {} is not supported; supported dtypes: {}",
             tf_name(t.dtype),
@@ -57,19 +51,14 @@ pub fn decode(ctx: &str, name: &str, t: TensorProto) -> Result<Tensor, Error> {
     let tf_dtype = dtype_to_tf(dtype).as_str_name();
     let shape_proto = t.tensor_shape.unwrap_or_default();
     if shape_proto.unknown_rank {
-        return Err(bad(
-            "tensor_shape has unknown_rank set; request tensors need a concrete shape".into(),
-        ));
+        return Err(bad("tensor_shape has unknown_rank set; request tensors need a concrete shape".into()));
     }
     let shape: Vec<i64> = shape_proto.dim.iter().map(|d| d.size).collect();
-    let n = element_count(&shape)
-        .map_err(|e| bad(format!("{e}; request tensors need a concrete shape")))?;
+    let n = element_count(&shape).map_err(|e| bad(format!("{e}; request tensors need a concrete shape")))?;
 
     if !t.tensor_content.is_empty() {
         let Some(size) = dtype.size() else {
-            return Err(bad(
-                "DT_STRING values must be sent in string_val, not tensor_content".into(),
-            ));
+            return Err(bad("DT_STRING values must be sent in string_val, not tensor_content".into()));
         };
         let expected = n.saturating_mul(size);
         if t.tensor_content.len() != expected {
@@ -79,8 +68,7 @@ pub fn decode(ctx: &str, name: &str, t: TensorProto) -> Result<Tensor, Error> {
                 fmt_shape(&shape)
             )));
         }
-        return Tensor::new(dtype, shape, TensorData::Raw(t.tensor_content))
-            .map_err(|e| bad(e.to_string()));
+        return Tensor::new(dtype, shape, TensorData::Raw(t.tensor_content)).map_err(|e| bad(e.to_string()));
     }
 
     let sh = fmt_shape(&shape);
@@ -93,18 +81,10 @@ pub fn decode(ctx: &str, name: &str, t: TensorProto) -> Result<Tensor, Error> {
             out.extend_from_slice(&v.to_le_bytes());
             Ok(())
         }),
-        DType::I8 => typed(&t.int_val, "int_val", n, &sh, |v, out| {
-            narrow::<i8>(v, out, "DT_INT8")
-        }),
-        DType::I16 => typed(&t.int_val, "int_val", n, &sh, |v, out| {
-            narrow::<i16>(v, out, "DT_INT16")
-        }),
-        DType::U8 => typed(&t.int_val, "int_val", n, &sh, |v, out| {
-            narrow::<u8>(v, out, "DT_UINT8")
-        }),
-        DType::U16 => typed(&t.int_val, "int_val", n, &sh, |v, out| {
-            narrow::<u16>(v, out, "DT_UINT16")
-        }),
+        DType::I8 => typed(&t.int_val, "int_val", n, &sh, |v, out| narrow::<i8>(v, out, "DT_INT8")),
+        DType::I16 => typed(&t.int_val, "int_val", n, &sh, |v, out| narrow::<i16>(v, out, "DT_INT16")),
+        DType::U8 => typed(&t.int_val, "int_val", n, &sh, |v, out| narrow::<u8>(v, out, "DT_UINT8")),
+        DType::U16 => typed(&t.int_val, "int_val", n, &sh, |v, out| narrow::<u16>(v, out, "DT_UINT16")),
         DType::I32 => typed(&t.int_val, "int_val", n, &sh, |v, out| {
             out.extend_from_slice(&v.to_le_bytes());
             Ok(())
@@ -126,9 +106,8 @@ pub fn decode(ctx: &str, name: &str, t: TensorProto) -> Result<Tensor, Error> {
             Ok(())
         }),
         DType::F16 | DType::BF16 => typed(&t.half_val, "half_val", n, &sh, |v, out| {
-            let bits = u16::try_from(v).map_err(|_| {
-                format!("half_val holds 16-bit patterns (0..=65535), got {v} ({tf_dtype})")
-            })?;
+            let bits = u16::try_from(v)
+                .map_err(|_| format!("half_val holds 16-bit patterns (0..=65535), got {v} ({tf_dtype})"))?;
             out.extend_from_slice(&bits.to_le_bytes());
             Ok(())
         }),
@@ -156,13 +135,9 @@ fn check_count(count: usize, field: &str, n: usize, shape: &str) -> Result<Fill,
     } else if count == 1 {
         Ok(Fill::Broadcast)
     } else if count == 0 {
-        Err(format!(
-            "no values: shape {shape} needs {n} values in {field} (or the bytes in tensor_content)"
-        ))
+        Err(format!("no values: shape {shape} needs {n} values in {field} (or the bytes in tensor_content)"))
     } else {
-        Err(format!(
-            "{field} has {count} values but shape {shape} needs {n} (or a single value to fill it)"
-        ))
+        Err(format!("{field} has {count} values but shape {shape} needs {n} (or a single value to fill it)"))
     }
 }
 
@@ -214,14 +189,7 @@ pub fn encode(t: Tensor, tensor_content: bool) -> TensorProto {
     let mut p = TensorProto {
         dtype: dtype_to_tf(t.dtype) as i32,
         tensor_shape: Some(TensorShapeProto {
-            dim: t
-                .shape
-                .iter()
-                .map(|&size| Dim {
-                    size,
-                    name: String::new(),
-                })
-                .collect(),
+            dim: t.shape.iter().map(|&size| Dim { size, name: String::new() }).collect(),
             unknown_rank: false,
         }),
         ..Default::default()
@@ -238,9 +206,7 @@ pub fn encode(t: Tensor, tensor_content: bool) -> TensorProto {
         return p;
     }
     fn chunks<const N: usize, T>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
-        b.chunks_exact(N)
-            .map(|c| f(c.try_into().unwrap_or([0; N])))
-            .collect()
+        b.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N]))).collect()
     }
     match t.dtype {
         DType::F32 => p.float_val = chunks(&raw, f32::from_le_bytes),
@@ -268,13 +234,7 @@ mod tests {
         TensorProto {
             dtype: dtype as i32,
             tensor_shape: Some(TensorShapeProto {
-                dim: shape
-                    .iter()
-                    .map(|&size| Dim {
-                        size,
-                        name: String::new(),
-                    })
-                    .collect(),
+                dim: shape.iter().map(|&size| Dim { size, name: String::new() }).collect(),
                 unknown_rank: false,
             }),
             ..Default::default()
@@ -302,9 +262,7 @@ mod tests {
     fn rejects_bad_counts_and_ranges() {
         let mut a = proto(DataType::DtFloat, &[2, 3]);
         a.float_val = vec![1.0, 2.0];
-        let e = decode("model 'm' version 1", "x", a)
-            .unwrap_err()
-            .to_string();
+        let e = decode("model 'm' version 1", "x", a).unwrap_err().to_string();
         assert_eq!(
             e,
             "model 'm' version 1: input 'x': float_val has 2 values but shape [2, 3] needs 6 (or a single value to fill it)"
@@ -312,19 +270,9 @@ mod tests {
         let mut b = proto(DataType::DtUint8, &[1]);
         b.int_val = vec![300];
         let e = decode("m", "x", b).unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "m: input 'x': int_val value 300 is out of range for DT_UINT8"
-        );
-        let e = decode("m", "x", proto(DataType::DtComplex64, &[1]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with(
-                "m: input 'x': dtype DT_COMPLEX64 is not supported; supported dtypes: DT_FLOAT"
-            ),
-            "{e}"
-        );
+        assert_eq!(e, "m: input 'x': int_val value 300 is out of range for DT_UINT8");
+        let e = decode("m", "x", proto(DataType::DtComplex64, &[1])).unwrap_err().to_string();
+        assert!(e.starts_with("m: input 'x': dtype DT_COMPLEX64 is not supported; supported dtypes: DT_FLOAT"), "{e}");
     }
 
     #[test]
@@ -332,23 +280,11 @@ mod tests {
         for d in DType::ALL {
             let t = match d.size() {
                 Some(size) => {
-                    let bytes: Vec<u8> = (0..3 * size)
-                        .map(|i| {
-                            if d == DType::Bool {
-                                (i % 2) as u8
-                            } else {
-                                i as u8
-                            }
-                        })
-                        .collect();
+                    let bytes: Vec<u8> =
+                        (0..3 * size).map(|i| if d == DType::Bool { (i % 2) as u8 } else { i as u8 }).collect();
                     Tensor::new(d, vec![3], TensorData::Raw(Bytes::from(bytes))).unwrap()
                 }
-                None => Tensor::new(
-                    d,
-                    vec![3],
-                    TensorData::Strings(vec![Bytes::from_static(b"a"); 3]),
-                )
-                .unwrap(),
+                None => Tensor::new(d, vec![3], TensorData::Strings(vec![Bytes::from_static(b"a"); 3])).unwrap(),
             };
             for content in [false, true] {
                 let back = decode("m", "x", encode(t.clone(), content)).unwrap();

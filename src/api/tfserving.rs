@@ -1,17 +1,19 @@
 //! TensorFlow Serving gRPC front end: `tensorflow.serving.PredictionService` and `ModelService`.
 use super::tf_tensor;
 use crate::error::Error;
-use crate::manager::{ModelManager, VersionState};
+use crate::manager::{ModelManager, VersionSelector, VersionState};
 use crate::proto::tensorflow::serving::{
     self as tfs, model_service_server::ModelService, model_spec::VersionChoice,
     prediction_service_server::PredictionService, ModelSpec,
 };
 use crate::proto::tensorflow::{tensor_info, SignatureDef, TensorInfo, TensorShapeProto};
+use crate::repository::config as model_config;
 use crate::runtime::Servable;
 use crate::tensor::{InferRequest, TensorSpec};
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 /// The only signature an ONNX model has.
@@ -23,23 +25,19 @@ pub const SIGNATURE_DEF_MAP_URL: &str = "type.googleapis.com/tensorflow.serving.
 pub struct TfServing {
     manager: Arc<ModelManager>,
     tensor_content_output: bool,
+    reload_timeout: Duration,
 }
 
 impl TfServing {
-    pub fn new(manager: Arc<ModelManager>, tensor_content_output: bool) -> TfServing {
-        TfServing {
-            manager,
-            tensor_content_output,
-        }
+    pub fn new(manager: Arc<ModelManager>, tensor_content_output: bool, reload_timeout: Duration) -> TfServing {
+        TfServing { manager, tensor_content_output, reload_timeout }
     }
 
     /// Resolves a ModelSpec to a servable, checking the signature name.
     fn resolve(&self, spec: Option<&ModelSpec>) -> Result<Arc<Servable>, Error> {
         let spec = spec.ok_or_else(|| Error::InvalidArgument("Missing ModelSpec".into()))?;
         if spec.name.is_empty() {
-            return Err(Error::InvalidArgument(
-                "ModelSpec has no name specified.".into(),
-            ));
+            return Err(Error::InvalidArgument("ModelSpec has no name specified.".into()));
         }
         if !spec.signature_name.is_empty() && spec.signature_name != DEFAULT_SIGNATURE {
             return Err(Error::FailedPrecondition(format!(
@@ -47,17 +45,12 @@ impl TfServing {
                 spec.signature_name, spec.name
             )));
         }
-        let version = match &spec.version_choice {
-            None => None,
-            Some(VersionChoice::Version(v)) => Some(*v),
-            Some(VersionChoice::VersionLabel(label)) => {
-                return Err(Error::InvalidArgument(format!(
-                    "Unrecognized servable version label: '{label}' (model '{}' has no version labels; select a version number instead)",
-                    spec.name
-                )))
-            }
+        let selector = match &spec.version_choice {
+            None => VersionSelector::Latest,
+            Some(VersionChoice::Version(v)) => VersionSelector::Number(*v),
+            Some(VersionChoice::VersionLabel(label)) => VersionSelector::Label(label.clone()),
         };
-        self.manager.resolve(&spec.name, version)
+        self.manager.resolve(&spec.name, &selector)
     }
 }
 
@@ -76,10 +69,7 @@ fn tensor_info(spec: &TensorSpec) -> TensorInfo {
             dim: spec
                 .shape
                 .iter()
-                .map(|&size| crate::proto::tensorflow::tensor_shape_proto::Dim {
-                    size,
-                    name: String::new(),
-                })
+                .map(|&size| crate::proto::tensorflow::tensor_shape_proto::Dim { size, name: String::new() })
                 .collect(),
             unknown_rank: false,
         }),
@@ -111,10 +101,7 @@ impl PredictionService for TfServing {
         Err(unimplemented("Regress"))
     }
 
-    async fn predict(
-        &self,
-        request: Request<tfs::PredictRequest>,
-    ) -> Result<Response<tfs::PredictResponse>, Status> {
+    async fn predict(&self, request: Request<tfs::PredictRequest>) -> Result<Response<tfs::PredictResponse>, Status> {
         let req = request.into_inner();
         let servable = self.resolve(req.model_spec.as_ref())?;
         let ctx = format!("model '{}' version {}", servable.model, servable.version);
@@ -126,10 +113,7 @@ impl PredictionService for TfServing {
         let mut outputs = req.output_filter;
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = outputs.iter().find(|n| !seen.insert(n.as_str())) {
-            return Err(Error::InvalidArgument(format!(
-                "{ctx}: output_filter names '{dup}' more than once"
-            ))
-            .into());
+            return Err(Error::InvalidArgument(format!("{ctx}: output_filter names '{dup}' more than once")).into());
         }
         outputs.shrink_to_fit();
         let response = servable.infer(InferRequest { inputs, outputs }).await?;
@@ -138,10 +122,7 @@ impl PredictionService for TfServing {
             .into_iter()
             .map(|(name, t)| (name, tf_tensor::encode(t, self.tensor_content_output)))
             .collect();
-        Ok(Response::new(tfs::PredictResponse {
-            model_spec: Some(spec_out(&servable)),
-            outputs,
-        }))
+        Ok(Response::new(tfs::PredictResponse { model_spec: Some(spec_out(&servable)), outputs }))
     }
 
     async fn multi_inference(
@@ -158,7 +139,8 @@ impl PredictionService for TfServing {
         let req = request.into_inner();
         if req.metadata_field.is_empty() {
             return Err(Error::InvalidArgument(
-                "GetModelMetadataRequest must specify at least one metadata_field (supported: \"signature_def\")".into(),
+                "GetModelMetadataRequest must specify at least one metadata_field (supported: \"signature_def\")"
+                    .into(),
             )
             .into());
         }
@@ -171,26 +153,13 @@ impl PredictionService for TfServing {
         let servable = self.resolve(req.model_spec.as_ref())?;
         let sig = &servable.signature;
         let def = SignatureDef {
-            inputs: sig
-                .inputs
-                .iter()
-                .map(|s| (s.name.clone(), tensor_info(s)))
-                .collect(),
-            outputs: sig
-                .outputs
-                .iter()
-                .map(|s| (s.name.clone(), tensor_info(s)))
-                .collect(),
+            inputs: sig.inputs.iter().map(|s| (s.name.clone(), tensor_info(s))).collect(),
+            outputs: sig.outputs.iter().map(|s| (s.name.clone(), tensor_info(s))).collect(),
             method_name: "tensorflow/serving/predict".to_string(),
             defaults: HashMap::new(),
         };
-        let map = tfs::SignatureDefMap {
-            signature_def: HashMap::from([(DEFAULT_SIGNATURE.to_string(), def)]),
-        };
-        let any = prost_types::Any {
-            type_url: SIGNATURE_DEF_MAP_URL.to_string(),
-            value: map.encode_to_vec(),
-        };
+        let map = tfs::SignatureDefMap { signature_def: HashMap::from([(DEFAULT_SIGNATURE.to_string(), def)]) };
+        let any = prost_types::Any { type_url: SIGNATURE_DEF_MAP_URL.to_string(), value: map.encode_to_vec() };
         Ok(Response::new(tfs::GetModelMetadataResponse {
             model_spec: Some(spec_out(&servable)),
             metadata: HashMap::from([("signature_def".to_string(), any)]),
@@ -216,9 +185,7 @@ impl ModelService for TfServing {
         request: Request<tfs::GetModelStatusRequest>,
     ) -> Result<Response<tfs::GetModelStatusResponse>, Status> {
         let req = request.into_inner();
-        let spec = req
-            .model_spec
-            .ok_or_else(|| Error::InvalidArgument("Missing ModelSpec".into()))?;
+        let spec = req.model_spec.ok_or_else(|| Error::InvalidArgument("Missing ModelSpec".into()))?;
         if spec.name.is_empty() {
             return Err(Error::InvalidArgument("ModelSpec has no name specified.".into()).into());
         }
@@ -233,26 +200,36 @@ impl ModelService for TfServing {
             .map(|(v, s)| tfs::ModelVersionStatus {
                 version: v,
                 state: state_proto(s.state) as i32,
-                status: Some(tfs::StatusProto {
-                    error_code: i32::from(s.code),
-                    error_message: s.message,
-                }),
+                status: Some(tfs::StatusProto { error_code: i32::from(s.code), error_message: s.message }),
             })
             .collect();
-        Ok(Response::new(tfs::GetModelStatusResponse {
-            model_version_status,
-        }))
+        Ok(Response::new(tfs::GetModelStatusResponse { model_version_status }))
     }
 
+    /// Replaces the model list. An invalid config is rejected whole (INVALID_ARGUMENT; a label on an
+    /// unavailable version: FAILED_PRECONDITION) and the old one keeps serving. Otherwise the RPC
+    /// returns once the new config is applied and its models have loaded, or after
+    /// `--reload-config-timeout-seconds`; per-model load problems are reported in `status`.
     async fn handle_reload_config_request(
         &self,
-        _request: Request<tfs::ReloadConfigRequest>,
+        request: Request<tfs::ReloadConfigRequest>,
     ) -> Result<Response<tfs::ReloadConfigResponse>, Status> {
-        Err(Error::Unimplemented(
-            "HandleReloadConfigRequest is not supported yet: maas serves every model directory under \
-             --model-repository (model config files are not implemented)"
-                .into(),
-        )
-        .into())
+        let config = request
+            .into_inner()
+            .config
+            .ok_or_else(|| Error::InvalidArgument("ReloadConfigRequest has no config".into()))?;
+        let models = model_config::from_proto(config, None).map_err(Error::InvalidArgument)?;
+        let count = models.len();
+        self.manager.set_models(models, true)?;
+        let problems = self.manager.settle(self.reload_timeout).await;
+        let status = if problems.is_empty() {
+            tracing::info!(models = count, "HandleReloadConfigRequest: new config applied");
+            tfs::StatusProto { error_code: 0, error_message: String::new() }
+        } else {
+            let message = format!("config applied; {} problem(s): {}", problems.len(), problems.join("; "));
+            tracing::warn!("HandleReloadConfigRequest: {message}");
+            tfs::StatusProto { error_code: i32::from(tonic::Code::FailedPrecondition), error_message: message }
+        };
+        Ok(Response::new(tfs::ReloadConfigResponse { status: Some(status), metric: Vec::new() }))
     }
 }

@@ -1,5 +1,9 @@
 //! The model repository on disk: `<root>/<model>/<version>/model.onnx`, version a positive integer.
+pub mod config;
+pub mod policy;
+
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// File name of a version's model inside its version directory.
 pub const MODEL_FILE: &str = "model.onnx";
@@ -33,10 +37,7 @@ pub fn list_models(root: &Path) -> std::io::Result<Vec<ModelDir>> {
         if name.starts_with('.') || !entry.path().is_dir() {
             continue;
         }
-        models.push(ModelDir {
-            name,
-            path: entry.path(),
-        });
+        models.push(ModelDir { name, path: entry.path() });
     }
     models.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(models)
@@ -67,10 +68,7 @@ pub fn list_versions(model: &ModelDir) -> std::io::Result<Vec<VersionDir>> {
                         "two directories name version {version}; ignoring one");
                     continue;
                 }
-                versions.push(VersionDir {
-                    version,
-                    path: entry.path(),
-                });
+                versions.push(VersionDir { version, path: entry.path() });
             }
             _ => tracing::warn!(model = %model.name, entry = %entry.path().display(),
                 "ignoring entry: versions are directories named by a positive integer, e.g. {}/1/{MODEL_FILE}",
@@ -79,6 +77,38 @@ pub fn list_versions(model: &ModelDir) -> std::io::Result<Vec<VersionDir>> {
     }
     versions.sort_by_key(|v| v.version);
     Ok(versions)
+}
+
+/// What a version directory holds: every file's relative path, size and modification time. Two equal
+/// fingerprints from consecutive scans mean nobody is writing the version any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
+
+impl Fingerprint {
+    /// Whether the version holds its model file.
+    pub fn has_model(&self) -> bool {
+        self.0.iter().any(|(p, _, _)| p == Path::new(MODEL_FILE))
+    }
+}
+
+/// Fingerprints a version directory (recursively).
+pub fn fingerprint(dir: &Path) -> std::io::Result<Fingerprint> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                let rel = entry.path().strip_prefix(dir).map(Path::to_path_buf).unwrap_or_else(|_| entry.path());
+                files.push((rel, meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    files.sort();
+    Ok(Fingerprint(files))
 }
 
 #[cfg(test)]
@@ -98,6 +128,24 @@ mod tests {
     }
 
     #[test]
+    fn fingerprint_changes_when_a_file_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = fingerprint(dir.path()).unwrap();
+        assert!(!a.has_model());
+        std::fs::write(dir.path().join(MODEL_FILE), b"abc").unwrap();
+        let b = fingerprint(dir.path()).unwrap();
+        assert!(b.has_model());
+        assert_ne!(a, b);
+        assert_eq!(b, fingerprint(dir.path()).unwrap(), "unchanged files give the same fingerprint");
+        std::fs::create_dir(dir.path().join("assets")).unwrap();
+        std::fs::write(dir.path().join("assets/vocab.txt"), b"x").unwrap();
+        let c = fingerprint(dir.path()).unwrap();
+        assert_ne!(b, c, "nested files count");
+        std::fs::write(dir.path().join(MODEL_FILE), b"abcd").unwrap();
+        assert_ne!(c, fingerprint(dir.path()).unwrap());
+    }
+
+    #[test]
     fn lists_versions_and_ignores_others() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("m");
@@ -109,11 +157,7 @@ mod tests {
         let models = list_models(dir.path()).unwrap();
         assert_eq!(models.len(), 1);
         assert_eq!(models[0].name, "m");
-        let versions: Vec<i64> = list_versions(&models[0])
-            .unwrap()
-            .iter()
-            .map(|v| v.version)
-            .collect();
+        let versions: Vec<i64> = list_versions(&models[0]).unwrap().iter().map(|v| v.version).collect();
         assert_eq!(versions, vec![1, 2, 10]);
     }
 }

@@ -33,8 +33,7 @@ pub(crate) fn dtype_from_ort(ty: TensorElementType) -> Option<DType> {
 /// Builds an ONNX Runtime input value for `t` (which must be consistent: see [`Tensor::new`]).
 pub(crate) fn to_input<'t>(name: &str, t: &'t Tensor) -> Result<SessionInputValue<'t>, String> {
     let shape = t.shape.clone();
-    let fail =
-        |e: ort::Error| format!("input '{name}': could not create an ONNX Runtime tensor: {e}");
+    let fail = |e: ort::Error| format!("input '{name}': could not create an ONNX Runtime tensor: {e}");
     match &t.data {
         TensorData::Strings(items) => {
             let mut strs = Vec::with_capacity(items.len());
@@ -44,9 +43,7 @@ pub(crate) fn to_input<'t>(name: &str, t: &'t Tensor) -> Result<SessionInputValu
                 })?;
                 strs.push(s.to_owned());
             }
-            ort::value::Tensor::from_string_array((shape, strs.as_slice()))
-                .map(SessionInputValue::from)
-                .map_err(fail)
+            ort::value::Tensor::from_string_array((shape, strs.as_slice())).map(SessionInputValue::from).map_err(fail)
         }
         TensorData::Raw(b) => match t.dtype {
             DType::F32 => pod::<f32>(shape, b),
@@ -65,9 +62,7 @@ pub(crate) fn to_input<'t>(name: &str, t: &'t Tensor) -> Result<SessionInputValu
                 let v: Vec<bool> = b.iter().map(|&x| x != 0).collect();
                 ort::value::Tensor::from_array((shape, v)).map(SessionInputValue::from)
             }
-            DType::String => {
-                return Err(format!("input '{name}': string tensor without string data"))
-            }
+            DType::String => return Err(format!("input '{name}': string tensor without string data")),
         }
         .map_err(fail),
     }
@@ -90,17 +85,11 @@ where
 pub(crate) fn from_output(name: &str, v: &DynValue) -> Result<Tensor, String> {
     let (ty, shape) = match v.dtype() {
         ValueType::Tensor { ty, shape, .. } => (*ty, shape.iter().copied().collect::<Vec<i64>>()),
-        other => {
-            return Err(format!(
-                "output '{name}' is a {other}, not a tensor; maas serves tensor outputs only"
-            ))
-        }
+        other => return Err(format!("output '{name}' is a {other}, not a tensor; maas serves tensor outputs only")),
     };
-    let dtype = dtype_from_ort(ty).ok_or_else(|| {
-        format!("output '{name}' has element type {ty:?}, which maas cannot serve")
-    })?;
-    let fail =
-        |e: ort::Error| format!("output '{name}': could not read the ONNX Runtime tensor: {e}");
+    let dtype = dtype_from_ort(ty)
+        .ok_or_else(|| format!("output '{name}' has element type {ty:?}, which maas cannot serve"))?;
+    let fail = |e: ort::Error| format!("output '{name}': could not read the ONNX Runtime tensor: {e}");
     let data = match dtype {
         DType::F32 => raw::<f32>(v),
         DType::F64 => raw::<f64>(v),
@@ -114,16 +103,15 @@ pub(crate) fn from_output(name: &str, v: &DynValue) -> Result<Tensor, String> {
         DType::U16 => raw::<u16>(v),
         DType::U32 => raw::<u32>(v),
         DType::U64 => raw::<u64>(v),
-        DType::Bool => v.try_extract_tensor::<bool>().map(|(_, s)| {
-            TensorData::Raw(s.iter().map(|&x| u8::from(x)).collect::<Vec<u8>>().into())
-        }),
-        DType::String => v
-            .try_extract_strings()
-            .map(|(_, s)| TensorData::Strings(s.into_iter().map(Bytes::from).collect())),
+        DType::Bool => v
+            .try_extract_tensor::<bool>()
+            .map(|(_, s)| TensorData::Raw(s.iter().map(|&x| u8::from(x)).collect::<Vec<u8>>().into())),
+        DType::String => {
+            v.try_extract_strings().map(|(_, s)| TensorData::Strings(s.into_iter().map(Bytes::from).collect()))
+        }
     }
     .map_err(fail)?;
-    Tensor::new(dtype, shape, data)
-        .map_err(|e| format!("output '{name}': inconsistent tensor from ONNX Runtime: {e}"))
+    Tensor::new(dtype, shape, data).map_err(|e| format!("output '{name}': inconsistent tensor from ONNX Runtime: {e}"))
 }
 
 fn raw<T>(v: &DynValue) -> ort::Result<TensorData>
@@ -131,7 +119,5 @@ where
     T: PrimitiveTensorElementType + bytemuck::Pod,
 {
     let (_, s) = v.try_extract_tensor::<T>()?;
-    Ok(TensorData::Raw(Bytes::copy_from_slice(
-        bytemuck::cast_slice::<T, u8>(s),
-    )))
+    Ok(TensorData::Raw(Bytes::copy_from_slice(bytemuck::cast_slice::<T, u8>(s))))
 }

@@ -15,9 +15,7 @@ static INIT: Mutex<()> = Mutex::new(());
 /// folder that `scripts/setup.sh` fills, in the source tree this binary was built from, next to the
 /// executable's tree (`target/<profile>/maas` -> `.ort/`), and in the working directory.
 pub fn default_library_paths() -> Vec<PathBuf> {
-    let mut paths = vec![Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".ort")
-        .join(ORT_LIB_NAME)];
+    let mut paths = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort").join(ORT_LIB_NAME)];
     if let Ok(exe) = std::env::current_exe() {
         for up in exe.ancestors().skip(1).take(4) {
             let p = up.join(".ort").join(ORT_LIB_NAME);
@@ -53,8 +51,7 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static Environment, String> {
             match candidates.iter().find(|p| p.is_file()) {
                 Some(p) => (p.clone(), "the default location"),
                 None => {
-                    let tried: Vec<String> =
-                        candidates.iter().map(|p| p.display().to_string()).collect();
+                    let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
                     return Err(format!(
                         "ONNX Runtime {ORT_VERSION} was not found (looked for {}). {}",
                         tried.join(", "),
@@ -65,10 +62,7 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static Environment, String> {
         }
     };
     let builder = ort::init_from(&path).map_err(|e| {
-        format!(
-            "could not load ONNX Runtime from {} (given by {source}): {e}. {HOW_TO_FIX}",
-            path.display()
-        )
+        format!("could not load ONNX Runtime from {} (given by {source}): {e}. {HOW_TO_FIX}", path.display())
     })?;
     let env = builder
         .with_name("maas")
@@ -79,6 +73,5 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static Environment, String> {
     Ok(ENV.get_or_init(|| env))
 }
 
-const HOW_TO_FIX: &str =
-    "Run `./scripts/setup.sh` to fetch onnxruntime==1.31.1 from PyPI into .ort/, \
+const HOW_TO_FIX: &str = "Run `./scripts/setup.sh` to fetch onnxruntime==1.31.1 from PyPI into .ort/, \
      or pass --ort-lib /path/to/libonnxruntime.so.1.31.1 (or set ORT_DYLIB_PATH)";

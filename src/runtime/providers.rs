@@ -39,10 +39,7 @@ impl fmt::Display for Provider {
 
 /// Registers the configured providers in priority order. Returns the builder and a description of
 /// the providers actually registered (e.g. `CUDAExecutionProvider (device 0), CPUExecutionProvider`).
-pub(crate) fn register(
-    mut builder: SessionBuilder,
-    cfg: &RuntimeConfig,
-) -> Result<(SessionBuilder, String), String> {
+pub(crate) fn register(mut builder: SessionBuilder, cfg: &RuntimeConfig) -> Result<(SessionBuilder, String), String> {
     let mut registered: Vec<String> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     for &p in &cfg.providers {
@@ -50,10 +47,7 @@ pub(crate) fn register(
             // The CPU provider is always present as ONNX Runtime's last resort.
             Provider::Cpu => continue,
             Provider::Cuda => ep::CUDA::default().with_device_id(cfg.device_id).build(),
-            Provider::TensorRt => ep::TensorRT::default()
-                .with_device_id(cfg.device_id)
-                .with_engine_cache(true)
-                .build(),
+            Provider::TensorRt => ep::TensorRT::default().with_device_id(cfg.device_id).with_engine_cache(true).build(),
         }
         .error_on_failure();
         match builder.with_execution_providers([dispatch]) {

@@ -8,13 +8,13 @@ use super::convert::{dtype_from_ort, from_output, to_input};
 use super::providers;
 use super::RuntimeConfig;
 use crate::error::Error;
-use crate::tensor::{fmt_shape, InferRequest, InferResponse, Signature, TensorSpec};
+use crate::tensor::{fmt_shape, InferRequest, InferResponse, Signature, Tensor, TensorData, TensorSpec};
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{Outlet, ValueType};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use tokio::sync::Semaphore;
 use tonic::Code;
 
@@ -27,10 +27,7 @@ pub struct LoadError {
 
 impl LoadError {
     pub fn new(code: Code, message: impl Into<String>) -> LoadError {
-        LoadError {
-            code,
-            message: message.into(),
-        }
+        LoadError { code, message: message.into() }
     }
 }
 
@@ -72,10 +69,7 @@ impl Servable {
         cfg: &RuntimeConfig,
     ) -> Result<Servable, LoadError> {
         if !path.is_file() {
-            return Err(LoadError::new(
-                Code::NotFound,
-                format!("model file {} does not exist", path.display()),
-            ));
+            return Err(LoadError::new(Code::NotFound, format!("model file {} does not exist", path.display())));
         }
         let ort_err = |what: &str, e: ort::Error| format!("{what}: {e}");
         let builder = Session::builder(env)
@@ -88,21 +82,17 @@ impl Servable {
             .map_err(|e| ort_err("could not set inter-op threads", e.into()))?
             .with_log_id(format!("{model}:{version}"))
             .map_err(|e| ort_err("could not set the log id", e.into()))?;
-        let (mut builder, providers) = providers::register(builder, cfg)
-            .map_err(|m| LoadError::new(Code::FailedPrecondition, m))?;
+        let (mut builder, providers) =
+            providers::register(builder, cfg).map_err(|m| LoadError::new(Code::FailedPrecondition, m))?;
         let pool_size = cfg.pool_size.max(1);
         let mut sessions = Vec::with_capacity(pool_size);
         for _ in 0..pool_size {
             let session = builder.commit_from_file(path).map_err(|e| {
-                LoadError::new(
-                    Code::InvalidArgument,
-                    format!("ONNX Runtime could not load {}: {e}", path.display()),
-                )
+                LoadError::new(Code::InvalidArgument, format!("ONNX Runtime could not load {}: {e}", path.display()))
             })?;
             sessions.push(session);
         }
-        let signature =
-            signature_of(&sessions[0]).map_err(|m| LoadError::new(Code::InvalidArgument, m))?;
+        let signature = signature_of(&sessions[0]).map_err(|m| LoadError::new(Code::InvalidArgument, m))?;
         tracing::info!(model, version, path = %path.display(), sessions = pool_size, providers = %providers, "loaded model version");
         Ok(Servable {
             model: model.to_string(),
@@ -213,15 +203,24 @@ impl Servable {
 
     /// Runs a validated request on a free session. Blocking.
     pub fn run_blocking(&self, req: &InferRequest) -> Result<InferResponse, Error> {
+        self.run_on(req, || self.take_session())
+    }
+
+    /// Runs `req` on the session `take` hands out (after the inputs are converted, so the session
+    /// is held only for the run itself).
+    fn run_on<'s>(
+        &'s self,
+        req: &InferRequest,
+        take: impl FnOnce() -> Result<MutexGuard<'s, Session>, Error>,
+    ) -> Result<InferResponse, Error> {
         let mut inputs: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(req.inputs.len());
         for (name, t) in &req.inputs {
             inputs.push((
                 name.as_str(),
-                to_input(name, t)
-                    .map_err(|m| Error::InvalidArgument(format!("{}: {m}", self.what())))?,
+                to_input(name, t).map_err(|m| Error::InvalidArgument(format!("{}: {m}", self.what())))?,
             ));
         }
-        let mut guard = self.take_session()?;
+        let mut guard = take()?;
         let session: &mut Session = &mut guard;
         let runtime_err = |e: ort::Error| Error::Runtime {
             model: self.model.clone(),
@@ -230,20 +229,14 @@ impl Servable {
             message: e.to_string(),
         };
         let wanted: Vec<&str> = if req.outputs.is_empty() {
-            self.signature
-                .outputs
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect()
+            self.signature.outputs.iter().map(|s| s.name.as_str()).collect()
         } else {
             req.outputs.iter().map(String::as_str).collect()
         };
         let options = if req.outputs.is_empty() {
             None
         } else {
-            let selector = wanted
-                .iter()
-                .fold(OutputSelector::no_default(), |s, n| s.with(*n));
+            let selector = wanted.iter().fold(OutputSelector::no_default(), |s, n| s.with(*n));
             let options = RunOptions::new()
                 .map_err(|e| Error::Internal(format!("could not create run options: {e}")))?
                 .with_outputs(selector);
@@ -256,12 +249,9 @@ impl Servable {
         .map_err(runtime_err)?;
         let mut values = Vec::with_capacity(wanted.len());
         for name in wanted {
-            let value = outputs.remove(name).ok_or_else(|| {
-                Error::Internal(format!(
-                    "{}: ONNX Runtime returned no output '{name}'",
-                    self.what()
-                ))
-            })?;
+            let value = outputs
+                .remove(name)
+                .ok_or_else(|| Error::Internal(format!("{}: ONNX Runtime returned no output '{name}'", self.what())))?;
             values.push((name, value));
         }
         // The values are owned: give the session back before copying them out.
@@ -275,7 +265,29 @@ impl Servable {
         Ok(InferResponse { outputs: result })
     }
 
-    fn take_session(&self) -> Result<std::sync::MutexGuard<'_, Session>, Error> {
+    /// Runs every session once on inputs synthesized from the signature (dynamic dimensions = 1,
+    /// zeros / empty strings), so the first real request does not pay for lazy initialization.
+    pub fn warmup(&self) -> Result<(), String> {
+        let mut inputs = Vec::with_capacity(self.signature.inputs.len());
+        for spec in &self.signature.inputs {
+            let shape: Vec<i64> = spec.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+            let n = crate::tensor::element_count(&shape).map_err(|e| format!("warmup input '{}': {e}", spec.name))?;
+            let data = match spec.dtype.size() {
+                Some(size) => TensorData::Raw(bytes::Bytes::from(vec![0u8; n.saturating_mul(size)])),
+                None => TensorData::Strings(vec![bytes::Bytes::new(); n]),
+            };
+            let t = Tensor::new(spec.dtype, shape, data).map_err(|e| format!("warmup input '{}': {e}", spec.name))?;
+            inputs.push((spec.name.clone(), t));
+        }
+        let req = InferRequest { inputs, outputs: Vec::new() };
+        for session in &self.sessions {
+            self.run_on(&req, || Ok(session.lock().unwrap_or_else(|p| p.into_inner())))
+                .map_err(|e| format!("warmup run failed: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn take_session(&self) -> Result<MutexGuard<'_, Session>, Error> {
         // The caller holds a permit, so at least one session is free.
         for s in &self.sessions {
             match s.try_lock() {
@@ -284,10 +296,7 @@ impl Servable {
                 Err(TryLockError::WouldBlock) => continue,
             }
         }
-        Err(Error::Internal(format!(
-            "{}: no free session although a permit was held",
-            self.what()
-        )))
+        Err(Error::Internal(format!("{}: no free session although a permit was held", self.what())))
     }
 }
 
@@ -300,35 +309,17 @@ fn spec_of(outlet: &Outlet, kind: &str) -> Result<TensorSpec, String> {
     match outlet.dtype() {
         ValueType::Tensor { ty, shape, .. } => {
             let dtype = dtype_from_ort(*ty).ok_or_else(|| {
-                format!(
-                    "{kind} '{}' has element type {ty:?}, which maas cannot serve",
-                    outlet.name()
-                )
+                format!("{kind} '{}' has element type {ty:?}, which maas cannot serve", outlet.name())
             })?;
-            Ok(TensorSpec {
-                name: outlet.name().to_string(),
-                dtype,
-                shape: shape.iter().copied().collect(),
-            })
+            Ok(TensorSpec { name: outlet.name().to_string(), dtype, shape: shape.iter().copied().collect() })
         }
-        other => Err(format!(
-            "{kind} '{}' is a {other}; maas serves tensor inputs and outputs only",
-            outlet.name()
-        )),
+        other => Err(format!("{kind} '{}' is a {other}; maas serves tensor inputs and outputs only", outlet.name())),
     }
 }
 
 fn signature_of(session: &Session) -> Result<Signature, String> {
     Ok(Signature {
-        inputs: session
-            .inputs()
-            .iter()
-            .map(|o| spec_of(o, "input"))
-            .collect::<Result<_, _>>()?,
-        outputs: session
-            .outputs()
-            .iter()
-            .map(|o| spec_of(o, "output"))
-            .collect::<Result<_, _>>()?,
+        inputs: session.inputs().iter().map(|o| spec_of(o, "input")).collect::<Result<_, _>>()?,
+        outputs: session.outputs().iter().map(|o| spec_of(o, "output")).collect::<Result<_, _>>()?,
     })
 }

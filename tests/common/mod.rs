@@ -17,8 +17,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 pub fn ort_env() -> &'static ort::environment::Environment {
-    maas::runtime::env::init(None)
-        .unwrap_or_else(|e| panic!("ONNX Runtime is needed for these tests: {e}"))
+    maas::runtime::env::init(None).unwrap_or_else(|e| panic!("ONNX Runtime is needed for these tests: {e}"))
 }
 
 pub fn repo_root() -> PathBuf {
@@ -51,11 +50,7 @@ impl TestServer {
         let handle = tokio::spawn(maas::server::serve(cfg, env, listener, async move {
             let _ = rx.await;
         }));
-        TestServer {
-            addr,
-            shutdown: Some(tx),
-            handle: Some(handle),
-        }
+        TestServer { addr, shutdown: Some(tx), handle: Some(handle) }
     }
 
     /// Starts a server and waits until its health is SERVING (initial models loaded).
@@ -86,12 +81,7 @@ impl TestServer {
 
     pub async fn health(&self, service: &str) -> ServingStatus {
         let mut c = HealthClient::new(self.channel().await);
-        let r = c
-            .check(HealthCheckRequest {
-                service: service.to_string(),
-            })
-            .await
-            .unwrap();
+        let r = c.check(HealthCheckRequest { service: service.to_string() }).await.unwrap();
         r.into_inner().status()
     }
 
@@ -111,10 +101,7 @@ impl TestServer {
             let _ = tx.send(());
         }
         let handle = self.handle.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(60), handle)
-            .await
-            .expect("server did not stop")
-            .unwrap()
+        tokio::time::timeout(Duration::from_secs(60), handle).await.expect("server did not stop").unwrap()
     }
 
     pub fn trigger_shutdown(&mut self) {
@@ -125,10 +112,7 @@ impl TestServer {
 
     pub async fn join(mut self) -> Result<(), String> {
         let handle = self.handle.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(60), handle)
-            .await
-            .expect("server did not stop")
-            .unwrap()
+        tokio::time::timeout(Duration::from_secs(60), handle).await.expect("server did not stop").unwrap()
     }
 }
 
@@ -150,52 +134,36 @@ pub fn spec(name: &str, version: Option<i64>) -> ModelSpec {
 
 pub fn shape(dims: &[i64]) -> Option<TensorShapeProto> {
     Some(TensorShapeProto {
-        dim: dims
-            .iter()
-            .map(|&size| Dim {
-                size,
-                name: String::new(),
-            })
-            .collect(),
+        dim: dims.iter().map(|&size| Dim { size, name: String::new() }).collect(),
         unknown_rank: false,
     })
 }
 
 pub fn dims(t: &TensorProto) -> Vec<i64> {
-    t.tensor_shape
-        .as_ref()
-        .map(|s| s.dim.iter().map(|d| d.size).collect())
-        .unwrap_or_default()
+    t.tensor_shape.as_ref().map(|s| s.dim.iter().map(|d| d.size).collect()).unwrap_or_default()
 }
 
 pub fn f32_tensor(dims: &[i64], vals: Vec<f32>) -> TensorProto {
-    TensorProto {
-        dtype: DataType::DtFloat as i32,
-        tensor_shape: shape(dims),
-        float_val: vals,
-        ..Default::default()
-    }
+    TensorProto { dtype: DataType::DtFloat as i32, tensor_shape: shape(dims), float_val: vals, ..Default::default() }
 }
 
-pub fn predict_req(
-    model: &str,
-    version: Option<i64>,
-    inputs: Vec<(&str, TensorProto)>,
-) -> PredictRequest {
+pub fn predict_req(model: &str, version: Option<i64>, inputs: Vec<(&str, TensorProto)>) -> PredictRequest {
     PredictRequest {
         model_spec: Some(spec(model, version)),
-        inputs: inputs
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+        inputs: inputs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         ..Default::default()
     }
 }
 
 /// The 8-feature input of numbers_classifier for `rows` rows, distinct per `seed`.
 pub fn classifier_input(rows: usize, seed: usize) -> TensorProto {
-    let vals: Vec<f32> = (0..rows * 8)
-        .map(|i| (((i + seed * 13) % 17) as f32 - 8.0) / 4.0)
-        .collect();
+    let vals: Vec<f32> = (0..rows * 8).map(|i| (((i + seed * 13) % 17) as f32 - 8.0) / 4.0).collect();
     f32_tensor(&[rows as i64, 8], vals)
+}
+
+/// Server defaults for tests: every model under `repo`, scanned every 100 ms.
+pub fn test_config(repo: impl Into<PathBuf>) -> ServeConfig {
+    let mut cfg = ServeConfig::new(repo);
+    cfg.manager.poll_interval = Some(Duration::from_millis(100));
+    cfg
 }

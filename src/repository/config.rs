@@ -1,0 +1,694 @@
+//! TF Serving's `models.config`: a `tensorflow.serving.ModelServerConfig` in protobuf text format, unchanged,
+//! or the same message received over gRPC (`HandleReloadConfigRequest`).
+//!
+//! The text is parsed with prost-reflect against our own descriptor set, then validated as a whole: any
+//! problem rejects the entire config with one message naming it (line and column for syntax errors, the
+//! model for semantic ones). Only `model_config_list` is supported, and every model must be ONNX.
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use prost_reflect::{DescriptorPool, DynamicMessage};
+
+use super::policy::VersionPolicy;
+use crate::proto::tensorflow::serving as pb;
+use pb::file_system_storage_path_source_config::servable_version_policy::PolicyChoice;
+use pb::model_server_config::Config;
+
+/// Full name of the text-format root message.
+const ROOT_MESSAGE: &str = "tensorflow.serving.ModelServerConfig";
+
+/// The only `model_platform` maas serves (an empty platform means this one).
+pub const ONNX_PLATFORM: &str = "onnx";
+
+/// One validated entry of the config's `model_config_list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// Model name, unique within the config.
+    pub name: String,
+    /// Directory holding the numbered version directories (absolute, or resolved against the config's
+    /// directory).
+    pub base_path: PathBuf,
+    /// Which versions to serve (`latest { num_versions: 0 }` is normalised to `Latest(1)`).
+    pub policy: VersionPolicy,
+    /// Version labels (`version_labels`): label -> version.
+    pub labels: BTreeMap<String, i64>,
+}
+
+/// Parses the text format. Relative base_path values are resolved against `relative_to` (the config
+/// file's directory).
+/// Errors are whole-config errors with a message naming the problem (line/column from prost-reflect for
+/// syntax errors, the model name for semantic ones).
+pub fn parse_text(text: &str, relative_to: &Path) -> Result<Vec<ModelConfig>, String> {
+    let cfg = parse_text_proto(text)?;
+    validate(cfg, Some(relative_to))
+}
+
+/// Validates a config received over gRPC (HandleReloadConfigRequest). `relative_to` None => a relative
+/// base_path is an error, as in TF Serving; Some(dir) => resolved against it.
+pub fn from_proto(cfg: pb::ModelServerConfig, relative_to: Option<&Path>) -> Result<Vec<ModelConfig>, String> {
+    validate(cfg, relative_to)
+}
+
+/// The descriptor pool of our `proto/` files, decoded once.
+fn pool() -> Result<&'static DescriptorPool, String> {
+    static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .map_err(|e| format!("internal error: cannot decode the protobuf descriptor set: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Text format -> typed `ModelServerConfig`, with syntax errors located by line and column.
+fn parse_text_proto(text: &str) -> Result<pb::ModelServerConfig, String> {
+    let desc = pool()?
+        .get_message_by_name(ROOT_MESSAGE)
+        .ok_or_else(|| format!("internal error: message {ROOT_MESSAGE} not in the descriptor set"))?;
+    let msg = DynamicMessage::parse_text_format(desc, text).map_err(|e| {
+        let what = e.to_string();
+        match error_offset(&e, text).and_then(|offset| line_column(text, offset)) {
+            Some((line, column)) => format!("syntax error at line {line}, column {column}: {what}"),
+            None => format!("syntax error: {what}"),
+        }
+    })?;
+    msg.transcode_to::<pb::ModelServerConfig>().map_err(|e| format!("invalid config: {e}"))
+}
+
+/// Byte offset of a text-format parse error. prost-reflect exposes the span only through its `miette`
+/// feature, which we do not enable, so it is read from the error's `Debug` form (`span: 12..17`, the last
+/// field of every variant that has one). An error at end of input points just past the text.
+fn error_offset(e: &prost_reflect::text_format::ParseError, text: &str) -> Option<usize> {
+    let debug = format!("{e:?}");
+    if let Some(at) = debug.rfind("span: ") {
+        let digits: String = debug[at + "span: ".len()..].chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(offset) = digits.parse::<usize>() {
+            return Some(offset);
+        }
+    }
+    e.to_string().ends_with("reached end of input").then_some(text.len())
+}
+
+/// 1-based line and column (in characters) of a byte offset into `text`.
+fn line_column(text: &str, offset: usize) -> Option<(usize, usize)> {
+    let before = text.get(..offset)?;
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    Some((line, column))
+}
+
+/// Validates the whole config; the first problem rejects it.
+fn validate(cfg: pb::ModelServerConfig, relative_to: Option<&Path>) -> Result<Vec<ModelConfig>, String> {
+    let list = match cfg.config {
+        // Neither oneof member set: an empty config, serving no models.
+        None => return Ok(Vec::new()),
+        Some(Config::CustomModelConfig(any)) => {
+            return Err(format!(
+                "custom_model_config (type_url '{}') is not supported; maas accepts only model_config_list",
+                any.type_url
+            ))
+        }
+        Some(Config::ModelConfigList(list)) => list.config,
+    };
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut models = Vec::with_capacity(list.len());
+    for (index, model) in list.into_iter().enumerate() {
+        if model.name.is_empty() {
+            return Err(format!("model #{} in model_config_list has an empty name", index + 1));
+        }
+        if !seen.insert(model.name.clone()) {
+            return Err(format!("model name '{}' appears twice in the config", model.name));
+        }
+        models.push(validate_model(model, relative_to)?);
+    }
+    Ok(models)
+}
+
+/// Validates one model whose name is already known to be non-empty and unique.
+fn validate_model(model: pb::ModelConfig, relative_to: Option<&Path>) -> Result<ModelConfig, String> {
+    let name = model.name;
+
+    #[allow(deprecated)]
+    let model_type = model.model_type;
+    if model_type != 0 {
+        let type_name = pb::ModelType::try_from(model_type)
+            .map(|t| t.as_str_name().to_owned())
+            .unwrap_or_else(|_| model_type.to_string());
+        return Err(format!(
+            "model '{name}' sets the deprecated model_type field ({type_name}); \
+             use model_platform: \"{ONNX_PLATFORM}\" instead"
+        ));
+    }
+    if !model.model_platform.is_empty() && model.model_platform != ONNX_PLATFORM {
+        return Err(format!(
+            "model '{name}' has model_platform \"{}\"; maas serves model_platform \"{ONNX_PLATFORM}\" only",
+            model.model_platform
+        ));
+    }
+
+    let base_path = resolve_base_path(&name, &model.base_path, relative_to)?;
+    let policy = version_policy(&name, model.model_version_policy)?;
+
+    let labels: BTreeMap<String, i64> = model.version_labels.into_iter().collect();
+    for (label, &version) in &labels {
+        if label.is_empty() {
+            return Err(format!("model '{name}' has a version label with an empty name"));
+        }
+        if version <= 0 {
+            return Err(format!(
+                "version label '{label}' of model '{name}' maps to version {version}; versions must be positive"
+            ));
+        }
+    }
+
+    Ok(ModelConfig { name, base_path, policy, labels })
+}
+
+fn resolve_base_path(name: &str, base_path: &str, relative_to: Option<&Path>) -> Result<PathBuf, String> {
+    if base_path.is_empty() {
+        return Err(format!("model '{name}' has no base_path"));
+    }
+    if base_path.contains("://") {
+        return Err(format!(
+            "base_path '{base_path}' of model '{name}' is a URI; maas serves models from local directories only"
+        ));
+    }
+    let path = Path::new(base_path);
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    match relative_to {
+        Some(dir) => Ok(dir.join(path)),
+        None => Err(format!(
+            "base_path '{base_path}' of model '{name}' is relative; \
+             a config sent over gRPC must use absolute paths, as in TF Serving"
+        )),
+    }
+}
+
+fn version_policy(
+    name: &str,
+    policy: Option<pb::file_system_storage_path_source_config::ServableVersionPolicy>,
+) -> Result<VersionPolicy, String> {
+    match policy.and_then(|p| p.policy_choice) {
+        None => Ok(VersionPolicy::default()),
+        Some(PolicyChoice::Latest(latest)) => Ok(VersionPolicy::Latest(latest.num_versions.max(1))),
+        Some(PolicyChoice::All(_)) => Ok(VersionPolicy::All),
+        Some(PolicyChoice::Specific(specific)) => {
+            if specific.versions.is_empty() {
+                return Err(format!("model '{name}' has a specific version policy with no versions"));
+            }
+            if let Some(bad) = specific.versions.iter().find(|&&v| v <= 0) {
+                return Err(format!(
+                    "model '{name}' has a specific version policy listing version {bad}; versions must be positive"
+                ));
+            }
+            Ok(VersionPolicy::Specific(specific.versions.into_iter().collect::<BTreeSet<i64>>()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TF Serving's documented example, adapted to model_platform "onnx".
+    const TF_SERVING_EXAMPLE: &str = r#"
+model_config_list {
+  config {
+    name: "resnet"
+    base_path: "/models/resnet"
+    model_platform: "onnx"
+    model_version_policy { specific { versions: 42 versions: 43 } }
+    version_labels { key: "stable" value: 42 }
+    version_labels { key: "canary" value: 43 }
+  }
+  config {
+    name: "ranker"
+    base_path: "ranker"
+    model_platform: "onnx"
+    model_version_policy { latest { num_versions: 2 } }
+  }
+}
+"#;
+
+    const DIR: &str = "/etc/maas";
+
+    fn parse(text: &str) -> Result<Vec<ModelConfig>, String> {
+        parse_text(text, Path::new(DIR))
+    }
+
+    fn parse_err(text: &str) -> String {
+        match parse(text) {
+            Ok(models) => panic!("expected an error, got {models:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// A config with one model whose `config { ... }` body is `body`.
+    fn one(body: &str) -> String {
+        format!("model_config_list {{ config {{ {body} }} }}")
+    }
+
+    fn one_model(body: &str) -> ModelConfig {
+        let mut models = parse(&one(body)).unwrap();
+        assert_eq!(models.len(), 1);
+        models.remove(0)
+    }
+
+    fn pb_model(name: &str, base_path: &str) -> pb::ModelConfig {
+        pb::ModelConfig {
+            name: name.into(),
+            base_path: base_path.into(),
+            model_platform: "onnx".into(),
+            ..Default::default()
+        }
+    }
+
+    fn pb_config(models: Vec<pb::ModelConfig>) -> pb::ModelServerConfig {
+        pb::ModelServerConfig { config: Some(Config::ModelConfigList(pb::ModelConfigList { config: models })) }
+    }
+
+    // ---- accepted configs ----
+
+    #[test]
+    fn tf_serving_example() {
+        let models = parse(TF_SERVING_EXAMPLE).unwrap();
+        assert_eq!(
+            models,
+            vec![
+                ModelConfig {
+                    name: "resnet".into(),
+                    base_path: PathBuf::from("/models/resnet"),
+                    policy: VersionPolicy::Specific([42, 43].into_iter().collect()),
+                    labels: [("canary".to_string(), 43), ("stable".to_string(), 42)].into_iter().collect(),
+                },
+                ModelConfig {
+                    name: "ranker".into(),
+                    base_path: PathBuf::from("/etc/maas/ranker"),
+                    policy: VersionPolicy::Latest(2),
+                    labels: BTreeMap::new(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn relative_base_path_resolves_against_relative_to() {
+        let models = parse_text(TF_SERVING_EXAMPLE, Path::new("/srv/configs")).unwrap();
+        assert_eq!(models[1].base_path, PathBuf::from("/srv/configs/ranker"));
+        // absolute paths are kept as they are
+        assert_eq!(models[0].base_path, PathBuf::from("/models/resnet"));
+        let m = one_model(r#"name: "m" base_path: "sub/dir/m""#);
+        assert_eq!(m.base_path, PathBuf::from("/etc/maas/sub/dir/m"));
+    }
+
+    #[test]
+    fn all_policy() {
+        let m = one_model(r#"name: "m" base_path: "/m" model_version_policy { all {} }"#);
+        assert_eq!(m.policy, VersionPolicy::All);
+        // the colon before a message value is optional in the text format
+        let m = one_model(r#"name: "m" base_path: "/m" model_version_policy: { all: {} }"#);
+        assert_eq!(m.policy, VersionPolicy::All);
+    }
+
+    #[test]
+    fn policy_defaults_to_latest_one() {
+        let m = one_model(r#"name: "m" base_path: "/m""#);
+        assert_eq!(m.policy, VersionPolicy::Latest(1));
+        let m = one_model(r#"name: "m" base_path: "/m" model_version_policy {}"#);
+        assert_eq!(m.policy, VersionPolicy::Latest(1));
+    }
+
+    #[test]
+    fn latest_zero_or_unset_num_versions_is_one() {
+        let m = one_model(r#"name: "m" base_path: "/m" model_version_policy { latest {} }"#);
+        assert_eq!(m.policy, VersionPolicy::Latest(1));
+        let m = one_model(r#"name: "m" base_path: "/m" model_version_policy { latest { num_versions: 0 } }"#);
+        assert_eq!(m.policy, VersionPolicy::Latest(1));
+    }
+
+    #[test]
+    fn specific_versions_are_deduplicated() {
+        let m = one_model(
+            r#"name: "m" base_path: "/m"
+               model_version_policy { specific { versions: [3, 1, 3] } }"#,
+        );
+        assert_eq!(m.policy, VersionPolicy::Specific([1, 3].into_iter().collect()));
+    }
+
+    #[test]
+    fn empty_platform_means_onnx() {
+        let m = one_model(r#"name: "m" base_path: "/m""#);
+        assert_eq!(m.name, "m");
+        let m = one_model(r#"name: "m" base_path: "/m" model_platform: """#);
+        assert_eq!(m.name, "m");
+    }
+
+    #[test]
+    fn unspecified_model_type_is_accepted() {
+        let m = one_model(r#"name: "m" base_path: "/m" model_type: MODEL_TYPE_UNSPECIFIED"#);
+        assert_eq!(m.name, "m");
+    }
+
+    #[test]
+    fn empty_configs_serve_nothing() {
+        assert_eq!(parse("").unwrap(), vec![]);
+        assert_eq!(parse("  \n# only a comment\n").unwrap(), vec![]);
+        assert_eq!(parse("model_config_list {}").unwrap(), vec![]);
+        assert_eq!(parse("model_config_list: { }").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn comments_are_allowed() {
+        let text = r#"
+# served models
+model_config_list {
+  config {
+    name: "m"  # the model
+    base_path: "/m"
+  }
+}
+"#;
+        assert_eq!(parse(text).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn model_order_is_kept() {
+        let text = r#"model_config_list {
+            config { name: "b" base_path: "/b" }
+            config { name: "a" base_path: "/a" }
+            config { name: "c" base_path: "/c" }
+        }"#;
+        let names: Vec<String> = parse(text).unwrap().into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn several_labels_may_name_one_version() {
+        let m = one_model(
+            r#"name: "m" base_path: "/m"
+               version_labels { key: "stable" value: 1 }
+               version_labels { key: "prod" value: 1 }"#,
+        );
+        assert_eq!(m.labels.get("stable"), Some(&1));
+        assert_eq!(m.labels.get("prod"), Some(&1));
+    }
+
+    #[test]
+    fn logging_config_is_ignored() {
+        let m = one_model(r#"name: "m" base_path: "/m" logging_config {}"#);
+        assert_eq!(m.name, "m");
+    }
+
+    // ---- syntax errors ----
+
+    #[test]
+    fn syntax_error_names_line_and_column() {
+        let text = "model_config_list {\n  config {\n    name: \"m\"\n    base_path \"/m\"\n  }\n}\n";
+        let e = parse_err(text);
+        assert_eq!(e, "syntax error at line 4, column 15: expected ':' or a message value, but found '\"/m\"'");
+    }
+
+    #[test]
+    fn unknown_field_is_a_syntax_error() {
+        let e = parse_err("model_config_list {\n  config { nme: \"m\" }\n}");
+        assert_eq!(
+            e,
+            "syntax error at line 2, column 12: \
+             field 'nme' not found for message 'tensorflow.serving.ModelConfig'"
+        );
+    }
+
+    #[test]
+    fn unterminated_config_points_at_end_of_input() {
+        assert_eq!(
+            parse_err("model_config_list {\n  config {"),
+            "syntax error at line 2, column 11: \
+             expected '}' or a field name, but reached end of input"
+        );
+    }
+
+    #[test]
+    fn field_set_twice_is_a_syntax_error() {
+        assert_eq!(
+            parse_err(&one(r#"name: "a" name: "b" base_path: "/m""#)),
+            "syntax error at line 1, column 46: 'name' is already set"
+        );
+    }
+
+    #[test]
+    fn two_policies_are_a_syntax_error() {
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "/m" model_version_policy { all {} latest {} }"#,)),
+            "syntax error at line 1, column 93: a value is already set for oneof 'policy_choice'"
+        );
+    }
+
+    #[test]
+    fn out_of_range_num_versions_is_a_syntax_error() {
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "/m" model_version_policy { latest { num_versions: -1 } }"#,)),
+            "syntax error at line 1, column 102: expected value to be an unsigned 32-bit integer, \
+             but the value -1 is out of range"
+        );
+    }
+
+    #[test]
+    fn unknown_enum_value_is_a_syntax_error() {
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "/m" model_type: FOO"#)),
+            "syntax error at line 1, column 68: \
+             value 'FOO' was not found for enum 'tensorflow.serving.ModelType'"
+        );
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        assert_eq!(line_column("abc", 0), Some((1, 1)));
+        assert_eq!(line_column("abc", 3), Some((1, 4)));
+        assert_eq!(line_column("a\nbc", 3), Some((2, 2)));
+        assert_eq!(line_column("é\néx", 5), Some((2, 2)));
+        assert_eq!(line_column("é", 1), None); // not a character boundary
+        assert_eq!(line_column("a", 9), None);
+    }
+
+    // ---- rejections ----
+
+    #[test]
+    fn custom_model_config_is_rejected() {
+        let text = r#"custom_model_config { type_url: "type.googleapis.com/x.Custom" }"#;
+        assert_eq!(
+            parse_err(text),
+            "custom_model_config (type_url 'type.googleapis.com/x.Custom') is not supported; \
+             maas accepts only model_config_list"
+        );
+    }
+
+    #[test]
+    fn empty_name_is_rejected() {
+        let text = r#"model_config_list {
+            config { name: "a" base_path: "/a" }
+            config { base_path: "/b" }
+        }"#;
+        assert_eq!(parse_err(text), "model #2 in model_config_list has an empty name");
+        assert_eq!(parse_err(&one(r#"name: "" base_path: "/a""#)), "model #1 in model_config_list has an empty name");
+    }
+
+    #[test]
+    fn duplicate_name_is_rejected() {
+        let text = r#"model_config_list {
+            config { name: "x" base_path: "/a" }
+            config { name: "y" base_path: "/b" }
+            config { name: "x" base_path: "/c" }
+        }"#;
+        assert_eq!(parse_err(text), "model name 'x' appears twice in the config");
+        // the duplicate is what is reported, even when the second entry has other problems
+        let text = r#"model_config_list {
+            config { name: "x" base_path: "/a" }
+            config { name: "x" model_platform: "tensorflow" }
+        }"#;
+        assert_eq!(parse_err(text), "model name 'x' appears twice in the config");
+    }
+
+    #[test]
+    fn missing_or_empty_base_path_is_rejected() {
+        assert_eq!(parse_err(&one(r#"name: "m""#)), "model 'm' has no base_path");
+        assert_eq!(parse_err(&one(r#"name: "m" base_path: """#)), "model 'm' has no base_path");
+    }
+
+    #[test]
+    fn uri_base_path_is_rejected() {
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "s3://bucket/m""#)),
+            "base_path 's3://bucket/m' of model 'm' is a URI; \
+             maas serves models from local directories only"
+        );
+    }
+
+    #[test]
+    fn other_platform_is_rejected() {
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "/m" model_platform: "tensorflow""#)),
+            "model 'm' has model_platform \"tensorflow\"; maas serves model_platform \"onnx\" only"
+        );
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "/m" model_platform: "ONNX""#)),
+            "model 'm' has model_platform \"ONNX\"; maas serves model_platform \"onnx\" only"
+        );
+    }
+
+    #[test]
+    fn deprecated_model_type_is_rejected() {
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "/m" model_type: TENSORFLOW"#)),
+            "model 'm' sets the deprecated model_type field (TENSORFLOW); \
+             use model_platform: \"onnx\" instead"
+        );
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "/m" model_platform: "onnx" model_type: OTHER"#)),
+            "model 'm' sets the deprecated model_type field (OTHER); \
+             use model_platform: \"onnx\" instead"
+        );
+    }
+
+    #[test]
+    fn unknown_model_type_number_is_rejected() {
+        let mut model = pb_model("m", "/m");
+        #[allow(deprecated)]
+        {
+            model.model_type = 7;
+        }
+        assert_eq!(
+            from_proto(pb_config(vec![model]), None).unwrap_err(),
+            "model 'm' sets the deprecated model_type field (7); \
+             use model_platform: \"onnx\" instead"
+        );
+    }
+
+    #[test]
+    fn specific_without_versions_is_rejected() {
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "/m" model_version_policy { specific {} }"#)),
+            "model 'm' has a specific version policy with no versions"
+        );
+    }
+
+    #[test]
+    fn specific_non_positive_version_is_rejected() {
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "/m" model_version_policy { specific { versions: [1, 0] } }"#)),
+            "model 'm' has a specific version policy listing version 0; versions must be positive"
+        );
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "/m" model_version_policy { specific { versions: -3 } }"#)),
+            "model 'm' has a specific version policy listing version -3; versions must be positive"
+        );
+    }
+
+    #[test]
+    fn non_positive_label_version_is_rejected() {
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "/m" version_labels { key: "stable" value: 0 }"#)),
+            "version label 'stable' of model 'm' maps to version 0; versions must be positive"
+        );
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "/m" version_labels { key: "canary" value: -2 }"#)),
+            "version label 'canary' of model 'm' maps to version -2; versions must be positive"
+        );
+    }
+
+    #[test]
+    fn empty_label_name_is_rejected() {
+        assert_eq!(
+            parse_err(&one(r#"name: "m" base_path: "/m" version_labels { key: "" value: 1 }"#)),
+            "model 'm' has a version label with an empty name"
+        );
+    }
+
+    #[test]
+    fn one_bad_model_rejects_the_whole_config() {
+        let text = r#"model_config_list {
+            config { name: "good" base_path: "/good" }
+            config { name: "bad" base_path: "/bad" model_platform: "tensorflow" }
+        }"#;
+        let e = parse_err(text);
+        assert!(e.starts_with("model 'bad' has model_platform"), "{e}");
+    }
+
+    // ---- from_proto (HandleReloadConfigRequest) ----
+
+    #[test]
+    fn from_proto_accepts_absolute_paths_without_relative_to() {
+        let models = from_proto(pb_config(vec![pb_model("a", "/models/a"), pb_model("b", "/models/b")]), None).unwrap();
+        assert_eq!(models.len(), 2);
+        assert_eq!(models[0].name, "a");
+        assert_eq!(models[0].base_path, PathBuf::from("/models/a"));
+        assert_eq!(models[0].policy, VersionPolicy::Latest(1));
+        assert_eq!(models[1].name, "b");
+    }
+
+    #[test]
+    fn from_proto_rejects_relative_path_without_relative_to() {
+        assert_eq!(
+            from_proto(pb_config(vec![pb_model("m", "models/m")]), None).unwrap_err(),
+            "base_path 'models/m' of model 'm' is relative; \
+             a config sent over gRPC must use absolute paths, as in TF Serving"
+        );
+    }
+
+    #[test]
+    fn from_proto_resolves_relative_path_with_relative_to() {
+        let models = from_proto(pb_config(vec![pb_model("m", "models/m")]), Some(Path::new("/repo"))).unwrap();
+        assert_eq!(models[0].base_path, PathBuf::from("/repo/models/m"));
+    }
+
+    #[test]
+    fn from_proto_empty_config_serves_nothing() {
+        assert_eq!(from_proto(pb::ModelServerConfig::default(), None).unwrap(), vec![]);
+        assert_eq!(from_proto(pb_config(vec![]), None).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn from_proto_rejects_custom_model_config() {
+        let cfg = pb::ModelServerConfig {
+            config: Some(Config::CustomModelConfig(prost_types::Any {
+                type_url: "type.googleapis.com/x.Custom".into(),
+                value: vec![],
+            })),
+        };
+        assert_eq!(
+            from_proto(cfg, None).unwrap_err(),
+            "custom_model_config (type_url 'type.googleapis.com/x.Custom') is not supported; \
+             maas accepts only model_config_list"
+        );
+    }
+
+    #[test]
+    fn from_proto_runs_the_same_validation() {
+        let mut m = pb_model("m", "/m");
+        m.model_version_policy = Some(pb::file_system_storage_path_source_config::ServableVersionPolicy {
+            policy_choice: Some(PolicyChoice::Specific(
+                pb::file_system_storage_path_source_config::servable_version_policy::Specific { versions: vec![] },
+            )),
+        });
+        assert_eq!(
+            from_proto(pb_config(vec![m]), None).unwrap_err(),
+            "model 'm' has a specific version policy with no versions"
+        );
+        assert_eq!(
+            from_proto(pb_config(vec![pb_model("d", "/a"), pb_model("d", "/b")]), None).unwrap_err(),
+            "model name 'd' appears twice in the config"
+        );
+    }
+
+    #[test]
+    fn text_and_proto_agree() {
+        let text = parse(TF_SERVING_EXAMPLE).unwrap();
+        let cfg = parse_text_proto(TF_SERVING_EXAMPLE).unwrap();
+        let proto = from_proto(cfg, Some(Path::new(DIR))).unwrap();
+        assert_eq!(text, proto);
+    }
+}
