@@ -167,3 +167,68 @@ pub fn test_config(repo: impl Into<PathBuf>) -> ServeConfig {
     cfg.manager.poll_interval = Some(Duration::from_millis(100));
     cfg
 }
+
+/// Bytes of the rollout fixture whose output is `x + k`.
+pub fn offset_model(k: i64) -> Vec<u8> {
+    std::fs::read(repo_root().join(format!("tests/fixtures/rollout/v{k}.onnx"))).unwrap()
+}
+
+/// Publishes `bytes` as `<model_dir>/<version>/model.onnx` the safe way: write a hidden temp
+/// directory, then rename it into place.
+pub fn publish(model_dir: &std::path::Path, version: i64, bytes: &[u8]) {
+    let tmp = model_dir.join(format!(".tmp-{version}"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join("model.onnx"), bytes).unwrap();
+    std::fs::rename(&tmp, model_dir.join(version.to_string())).unwrap();
+}
+
+/// Polls `f` every 20 ms until it returns Some, or panics after `secs` seconds naming `what`.
+pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("timed out after {secs} s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// x = [[0.0]] for the rollout models (y = x + k): the answer is the version's k.
+pub fn offset_req(model: &str, version: Option<i64>) -> PredictRequest {
+    predict_req(model, version, vec![("x", f32_tensor(&[1, 1], vec![0.0]))])
+}
+
+/// (state, error code, message) per version, from GetModelStatus.
+pub async fn version_states(server: &TestServer, model: &str) -> Vec<(i64, i32, i32, String)> {
+    use maas::proto::tensorflow::serving::GetModelStatusRequest;
+    match server
+        .model_client()
+        .await
+        .get_model_status(GetModelStatusRequest { model_spec: Some(spec(model, None)) })
+        .await
+    {
+        Ok(r) => r
+            .into_inner()
+            .model_version_status
+            .into_iter()
+            .map(|v| {
+                let st = v.status.unwrap_or_default();
+                (v.version, v.state, st.error_code, st.error_message)
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The versions of `model` in state AVAILABLE.
+pub async fn available(server: &TestServer, model: &str) -> Vec<i64> {
+    use maas::proto::tensorflow::serving::model_version_status::State;
+    version_states(server, model).await.into_iter().filter(|v| v.1 == State::Available as i32).map(|v| v.0).collect()
+}
