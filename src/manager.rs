@@ -142,6 +142,8 @@ struct ModelRecord {
     problem: Option<String>,
     versions: BTreeMap<i64, VersionRecord>,
     aspired: BTreeSet<i64>,
+    /// Whether the last scan saw versions whose files were still changing.
+    unstable: bool,
     /// Scans since the model was (re)configured.
     scans: u64,
 }
@@ -320,6 +322,7 @@ impl ModelManager {
                 problem: None,
                 versions: BTreeMap::new(),
                 aspired: BTreeSet::new(),
+                unstable: false,
                 scans: 0,
             });
             if rec.config != config {
@@ -433,6 +436,7 @@ impl ModelManager {
                 }
             }
             rec.aspired = aspired;
+            rec.unstable = unstable;
         }
         state.seen.retain(|p, _| still_present.contains(p));
         handles
@@ -645,7 +649,7 @@ impl ModelManager {
                 settled = false;
                 continue;
             };
-            let busy = rec.versions.values().any(|v| v.loading);
+            let busy = rec.unstable || rec.versions.values().any(|v| v.loading);
             if rec.scans < 2 || busy {
                 settled = false;
                 continue;
