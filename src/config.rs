@@ -251,3 +251,91 @@ impl ServeArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<ServeConfig, String> {
+        let mut argv = vec!["maas", "serve"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
+            Command::Serve(a) => a.to_config(),
+        }
+    }
+
+    #[test]
+    fn exactly_one_model_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let err = args(&[]).unwrap_err();
+        assert!(
+            err.starts_with("give exactly one of --model-repository, --model-config-file, or --model-base-path"),
+            "{err}"
+        );
+        let err = args(&["--model-repository", d, "--model-base-path", d]).unwrap_err();
+        assert!(err.starts_with("give exactly one of"), "{err}");
+        let cfg = args(&["--model_name", "mnist", "--model_base_path", d]).unwrap();
+        match cfg.source {
+            ModelSource::List(l) => {
+                assert_eq!(l.len(), 1);
+                assert_eq!(l[0].name, "mnist");
+                assert_eq!(l[0].base_path, dir.path());
+                assert_eq!(l[0].policy, VersionPolicy::Latest(1));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tf_serving_flags_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let cfg = args(&["--model-repository", d]).unwrap();
+        assert_eq!(cfg.manager.poll_interval, Some(Duration::from_secs(1)));
+        assert_eq!(cfg.manager.max_load_retries, 5);
+        assert_eq!(cfg.manager.load_retry_interval, Duration::from_secs(60));
+        assert!(cfg.manager.enable_warmup);
+        assert!(!cfg.manager.allow_labels_for_unavailable);
+        let cfg = args(&[
+            "--model_repository",
+            d,
+            "--file_system_poll_wait_seconds",
+            "0",
+            "--max_num_load_retries",
+            "2",
+            "--load_retry_interval_micros",
+            "1500",
+            "--enable_model_warmup=false",
+            "--allow_version_labels_for_unavailable_models",
+        ])
+        .unwrap();
+        assert_eq!(cfg.manager.poll_interval, None, "0 = scan once");
+        assert_eq!(cfg.manager.max_load_retries, 2);
+        assert_eq!(cfg.manager.load_retry_interval, Duration::from_micros(1500));
+        assert!(!cfg.manager.enable_warmup);
+        assert!(cfg.manager.allow_labels_for_unavailable);
+    }
+
+    #[test]
+    fn config_file_is_read_and_validated_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("models.config");
+        std::fs::write(&f, r#"model_config_list { config { name: "a" base_path: "a" model_platform: "onnx" } }"#)
+            .unwrap();
+        let cfg =
+            args(&["--model_config_file", f.to_str().unwrap(), "--model_config_file_poll_wait_seconds", "5"]).unwrap();
+        match &cfg.source {
+            ModelSource::List(l) => assert_eq!(l[0].base_path, dir.path().join("a")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cfg.model_config_file, Some((f.clone(), Duration::from_secs(5))));
+        std::fs::write(&f, r#"model_config_list { config { name: "a" base_path: "a" model_platform: "tensorflow" } }"#)
+            .unwrap();
+        let err = args(&["--model-config-file", f.to_str().unwrap()]).unwrap_err();
+        assert!(
+            err.starts_with(&format!("invalid model config file {}: model 'a' has model_platform", f.display())),
+            "{err}"
+        );
+    }
+}

@@ -32,6 +32,16 @@ fn help_documents_every_flag() {
         "--enable-serialization-as-tensor-content",
         "--drain-timeout-seconds",
         "--num-load-threads",
+        "--model-config-file",
+        "--model-config-file-poll-wait-seconds",
+        "--model-name",
+        "--model-base-path",
+        "--file-system-poll-wait-seconds",
+        "--max-num-load-retries",
+        "--load-retry-interval-micros",
+        "--enable-model-warmup",
+        "--allow-version-labels-for-unavailable-models",
+        "--reload-config-timeout-seconds",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

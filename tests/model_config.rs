@@ -80,7 +80,10 @@ async fn policies_from_a_config_file() {
     assert_eq!(answer_req(&server, offset_req("every", Some(2))).await.unwrap(), 2.0);
 }
 
-fn proto_config(models: Vec<(&str, &Path, Option<Vec<i64>>, Vec<(&str, i64)>)>) -> ModelServerConfig {
+/// (name, base path, specific versions, labels) per model.
+type ModelEntry<'a> = (&'a str, &'a Path, Option<Vec<i64>>, Vec<(&'a str, i64)>);
+
+fn proto_config(models: Vec<ModelEntry<'_>>) -> ModelServerConfig {
     ModelServerConfig {
         config: Some(model_server_config::Config::ModelConfigList(ModelConfigList {
             config: models
