@@ -34,15 +34,19 @@ async fn a_version_still_being_written_is_not_loaded() {
     let repo = tempfile::tempdir().unwrap();
     let m = repo.path().join("m");
     publish(&m, 1, &offset_model(1));
-    let server = TestServer::ready(test_config(repo.path())).await;
+    // A writer that makes progress at least once per poll interval is never caught mid-copy:
+    // scans every 300 ms, a write every ~20 ms (margin for a slow CI machine).
+    let mut cfg = test_config(repo.path());
+    cfg.manager.poll_interval = Some(Duration::from_millis(300));
+    let server = TestServer::ready(cfg).await;
 
-    // Copy version 2 slowly in place (no rename): the file grows between scans (every 100 ms).
+    // Copy version 2 slowly in place (no rename): the file grows between scans.
     let bytes = offset_model(2);
     std::fs::create_dir_all(m.join("2")).unwrap();
     let path = m.join("2/model.onnx");
     let mut written = 0;
     while written < bytes.len() {
-        let end = (written + 8).min(bytes.len());
+        let end = (written + 4).min(bytes.len());
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
         std::io::Write::write_all(&mut f, &bytes[written..end]).unwrap();
         drop(f);
@@ -51,7 +55,7 @@ async fn a_version_still_being_written_is_not_loaded() {
         let states = version_states(&server, "m").await;
         assert!(!states.iter().any(|v| v.0 == 2), "version 2 touched while being written: {states:?}");
         assert_eq!(answer(&server, "m").await.unwrap(), 1.0);
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_for(10, "version 2 to answer once complete", || async {
         (answer(&server, "m").await.ok()? == 2.0).then_some(())
