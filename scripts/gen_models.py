@@ -26,6 +26,7 @@ Written files:
   tests/fixtures/repo/broken/1/model.onnx            not an ONNX file
   tests/fixtures/repo/slow/1/model.onnx              many MatMul+Tanh layers
   tests/fixtures/rollout/v<k>.onnx                   y = x + k, x float32 [N, 1], k = 1..12
+  tests/fixtures/rollout/warmup_fails.onnx           loads, but its warmup run (N = 1) fails
 """
 
 import argparse
@@ -226,6 +227,19 @@ def offset(value):
     return make_model(graph)
 
 
+def warmup_fails():
+    """Loads fine, but Reshape([N] -> [2, 3]) fails for the warmup input (N = 1): only N = 6 runs."""
+    shape = numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "warmup_fails",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [shape],
+    )
+    return make_model(graph)
+
+
 ROLLOUT = os.path.join(ROOT, "tests", "fixtures", "rollout")
 ROLLOUT_VERSIONS = 12
 
@@ -256,6 +270,7 @@ def generate(slow_layers=SLOW_LAYERS):
     # rollout fixtures: version k answers y = x + k (copied into temp repositories by the tests)
     for k in range(1, ROLLOUT_VERSIONS + 1):
         write_bytes(os.path.join(ROLLOUT, f"v{k}.onnx"), serialize(offset(k)))
+    write_bytes(os.path.join(ROLLOUT, "warmup_fails.onnx"), serialize(warmup_fails()))
 
 
 # --------------------------------------------------------------------------

@@ -150,3 +150,28 @@ async fn removed_version_is_unloaded_and_models_come_and_go() {
     );
     assert_eq!(answer(&server, "m").await.unwrap(), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_warmup_fails_the_load() {
+    let repo = tempfile::tempdir().unwrap();
+    let m = repo.path().join("m");
+    publish(&m, 1, &offset_model(1));
+    let mut cfg = test_config(repo.path());
+    cfg.manager.max_load_retries = 0;
+    let server = TestServer::ready(cfg.clone()).await;
+    let bytes = std::fs::read(repo_root().join("tests/fixtures/rollout/warmup_fails.onnx")).unwrap();
+    publish(&m, 2, &bytes);
+    let failed = wait_for(10, "version 2 to fail its warmup", || async {
+        version_states(&server, "m").await.into_iter().find(|v| v.0 == 2 && v.1 == State::End as i32)
+    })
+    .await;
+    assert_eq!(failed.2, Code::FailedPrecondition as i32);
+    assert!(failed.3.starts_with("warmup run failed: model 'm' version 2: ONNX Runtime failed to run"), "{}", failed.3);
+    assert_eq!(answer(&server, "m").await.unwrap(), 1.0, "the previous version keeps serving");
+    drop(server);
+
+    // without warmup the same version loads (and fails only on requests it cannot run)
+    cfg.manager.enable_warmup = false;
+    let server = TestServer::ready(cfg).await;
+    assert_eq!(available(&server, "m").await, vec![2]);
+}

@@ -225,3 +225,56 @@ async fn config_file_is_re_read_and_an_invalid_one_ignored() {
     let err = answer_req(&server, offset_req("m", None)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_model_directory_affects_only_that_model() {
+    let repo = four_versions();
+    std::fs::write(repo.path().join("not_a_dir"), b"a file where a model directory should be").unwrap();
+    let file = config_file(
+        repo.path(),
+        r#"model_config_list {
+             config { name: "m" base_path: "m" model_platform: "onnx" }
+             config { name: "b" base_path: "not_a_dir" model_platform: "onnx" } }"#,
+    );
+    let server = TestServer::ready(server_config(&file)).await;
+    assert_eq!(answer_req(&server, offset_req("m", None)).await.unwrap(), 4.0);
+    let err = answer_req(&server, offset_req("b", None)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().starts_with("model 'b' has no available version: cannot read model directory"),
+        "{}",
+        err.message()
+    );
+
+    // a loaded model whose directory becomes unreadable keeps serving what it loaded
+    let m = repo.path().join("m");
+    std::fs::rename(&m, repo.path().join("m.moved")).unwrap();
+    std::fs::write(&m, b"now a file").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(answer_req(&server, offset_req("m", None)).await.unwrap(), 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_labels_may_point_at_unavailable_versions_with_the_flag() {
+    let repo = four_versions();
+    let m = repo.path().join("m");
+    let file = config_file(
+        repo.path(),
+        r#"model_config_list { config { name: "m" base_path: "m" model_platform: "onnx"
+             model_version_policy { specific { versions: 1 } } version_labels { key: "stable" value: 1 } } }"#,
+    );
+    let mut cfg = server_config(&file);
+    cfg.manager.allow_labels_for_unavailable = true;
+    let server = TestServer::ready(cfg).await;
+    let mut mc = server.model_client().await;
+    // a new label on version 2, which is not loaded yet, in the same config that starts loading it
+    let cfg = proto_config(vec![("m", &m, Some(vec![1, 2]), vec![("stable", 1), ("next", 2)])]);
+    let resp = mc.handle_reload_config_request(ReloadConfigRequest { config: Some(cfg), metric_names: vec![] }).await;
+    let status = resp.unwrap().into_inner().status.unwrap();
+    assert_eq!(status.error_code, 0, "{}", status.error_message);
+    assert_eq!(answer_req(&server, label_req("m", "next")).await.unwrap(), 2.0);
+    // moving an existing label to an unavailable version is still refused
+    let cfg = proto_config(vec![("m", &m, Some(vec![1, 2]), vec![("stable", 3), ("next", 2)])]);
+    let err = mc.handle_reload_config_request(ReloadConfigRequest { config: Some(cfg), metric_names: vec![] }).await;
+    assert_eq!(err.unwrap_err().code(), Code::FailedPrecondition);
+}
