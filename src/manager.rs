@@ -757,6 +757,41 @@ impl ModelManager {
         }
     }
 
+    /// Ready = every configured model has an AVAILABLE version (what `/readyz` and ServerReady
+    /// report). The error names the models that do not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let state = self.lock();
+        let mut missing = Vec::new();
+        for (name, rec) in &state.models {
+            if !rec.versions.values().any(|v| v.state == VersionState::Available) {
+                missing.push(name.clone());
+            }
+        }
+        if let ModelSource::List(list) = &state.source {
+            for m in list {
+                if !state.models.contains_key(&m.name) {
+                    missing.push(m.name.clone());
+                }
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("no AVAILABLE version for model(s): {}", missing.join(", ")))
+        }
+    }
+
+    /// Every AVAILABLE servable of a model (or of every model), for metadata and statistics.
+    pub fn servables(&self, model: Option<&str>) -> Vec<Arc<Servable>> {
+        let table = self.table.load();
+        table
+            .models
+            .iter()
+            .filter(|(n, _)| model.is_none_or(|m| m == n.as_str()))
+            .flat_map(|(_, m)| m.versions.values().cloned())
+            .collect()
+    }
+
     /// Names of all known models.
     pub fn model_names(&self) -> Vec<String> {
         self.lock().models.keys().cloned().collect()

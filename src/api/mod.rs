@@ -2,3 +2,4 @@
 //! back; wire types stop here.
 pub mod tf_tensor;
 pub mod tfserving;
+pub mod v2_types;

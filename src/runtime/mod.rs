@@ -6,7 +6,7 @@ mod providers;
 mod servable;
 
 pub use providers::Provider;
-pub use servable::{LoadError, Servable};
+pub use servable::{LoadError, Servable, Stats, StatsSnapshot};
 
 /// How model versions are loaded and run.
 #[derive(Debug, Clone, PartialEq, Eq)]

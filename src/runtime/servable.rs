@@ -14,6 +14,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{Outlet, ValueType};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use tokio::sync::Semaphore;
 use tonic::Code;
@@ -37,7 +38,53 @@ impl From<String> for LoadError {
     }
 }
 
+/// Per-version request statistics (shared by every front end).
+#[derive(Debug, Default)]
+pub struct Stats {
+    success_count: AtomicU64,
+    success_ns: AtomicU64,
+    fail_count: AtomicU64,
+    fail_ns: AtomicU64,
+    /// Milliseconds since the Unix epoch of the last request, 0 = none.
+    last_inference_ms: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub success_count: u64,
+    pub success_ns: u64,
+    pub fail_count: u64,
+    pub fail_ns: u64,
+    pub last_inference_ms: u64,
+}
+
+impl Stats {
+    fn record(&self, ok: bool, took: std::time::Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let (count, total) =
+            if ok { (&self.success_count, &self.success_ns) } else { (&self.fail_count, &self.fail_ns) };
+        count.fetch_add(1, Ordering::Relaxed);
+        total.fetch_add(ns, Ordering::Relaxed);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last_inference_ms.store(now, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            success_count: self.success_count.load(Ordering::Relaxed),
+            success_ns: self.success_ns.load(Ordering::Relaxed),
+            fail_count: self.fail_count.load(Ordering::Relaxed),
+            fail_ns: self.fail_ns.load(Ordering::Relaxed),
+            last_inference_ms: self.last_inference_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
 pub struct Servable {
+    /// Request counts and durations.
+    pub stats: Stats,
     pub model: String,
     pub version: i64,
     pub path: PathBuf,
@@ -100,6 +147,7 @@ impl Servable {
             path: path.to_path_buf(),
             signature,
             providers,
+            stats: Stats::default(),
             permits: Arc::new(Semaphore::new(sessions.len())),
             sessions: sessions.into_iter().map(Mutex::new).collect(),
         })
@@ -184,6 +232,13 @@ impl Servable {
 
     /// Validates and runs a request on a free session of the pool, off the reactor.
     pub async fn infer(self: &Arc<Self>, req: InferRequest) -> Result<InferResponse, Error> {
+        let started = std::time::Instant::now();
+        let result = self.infer_inner(req).await;
+        self.stats.record(result.is_ok(), started.elapsed());
+        result
+    }
+
+    async fn infer_inner(self: &Arc<Self>, req: InferRequest) -> Result<InferResponse, Error> {
         self.validate(&req)?;
         let permit = self
             .permits
