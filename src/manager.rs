@@ -154,6 +154,10 @@ struct State {
     models: BTreeMap<String, ModelRecord>,
     /// Per version directory: the fingerprint last seen and since when it has not changed.
     seen: HashMap<PathBuf, (Fingerprint, Instant)>,
+    /// Models unloaded explicitly (RepositoryModelUnload): ignored by scans until loaded again.
+    excluded: BTreeSet<String>,
+    /// Whether the initial load pass has finished.
+    initial_done: bool,
 }
 
 #[derive(Debug, Default)]
@@ -205,7 +209,13 @@ impl ModelManager {
             load_slots: Arc::new(Semaphore::new(cfg.num_load_threads.max(1))),
             cfg,
             table: ArcSwap::from_pointee(ServingTable::default()),
-            state: Mutex::new(State { source, models: BTreeMap::new(), seen: HashMap::new() }),
+            state: Mutex::new(State {
+                source,
+                models: BTreeMap::new(),
+                seen: HashMap::new(),
+                excluded: BTreeSet::new(),
+                initial_done: false,
+            }),
             wake: Notify::new(),
         }
     }
@@ -243,6 +253,7 @@ impl ModelManager {
         for h in self.scan() {
             let _ = h.await;
         }
+        self.lock().initial_done = true;
     }
 
     /// Scans every poll interval (or when woken) until the task is dropped.
@@ -284,8 +295,13 @@ impl ModelManager {
                 }
             },
         };
-        let scanned: Vec<ScannedModel> = configs.into_iter().map(scan_model).collect();
+        let excluded = self.lock().excluded.clone();
+        let scanned: Vec<ScannedModel> =
+            configs.into_iter().filter(|c| !excluded.contains(&c.name)).map(scan_model).collect();
         let mut state = self.lock();
+        if state.excluded != excluded {
+            return Vec::new();
+        }
         if state.source != source {
             // The config changed while we were reading; the next scan uses the new one.
             return Vec::new();
@@ -761,6 +777,9 @@ impl ModelManager {
     /// report). The error names the models that do not.
     pub fn readiness(&self) -> Result<(), String> {
         let state = self.lock();
+        if !state.initial_done {
+            return Err("the initial models are still loading".into());
+        }
         let mut missing = Vec::new();
         for (name, rec) in &state.models {
             if !rec.versions.values().any(|v| v.state == VersionState::Available) {
@@ -769,7 +788,7 @@ impl ModelManager {
         }
         if let ModelSource::List(list) = &state.source {
             for m in list {
-                if !state.models.contains_key(&m.name) {
+                if !state.models.contains_key(&m.name) && !state.excluded.contains(&m.name) {
                     missing.push(m.name.clone());
                 }
             }
@@ -790,6 +809,90 @@ impl ModelManager {
             .filter(|(n, _)| model.is_none_or(|m| m == n.as_str()))
             .flat_map(|(_, m)| m.versions.values().cloned())
             .collect()
+    }
+
+    /// Every model the source names (and the ones loaded), with each version's state, for
+    /// RepositoryIndex. Explicitly unloaded models are listed with no versions.
+    pub fn index(&self) -> Vec<(String, Vec<(i64, VersionStatus)>)> {
+        let state = self.lock();
+        let mut out: BTreeMap<String, Vec<(i64, VersionStatus)>> = BTreeMap::new();
+        for (name, rec) in &state.models {
+            out.insert(name.clone(), rec.versions.iter().map(|(v, r)| (*v, r.status())).collect());
+        }
+        for name in &state.excluded {
+            out.entry(name.clone()).or_default();
+        }
+        out.into_iter().collect()
+    }
+
+    /// Loads (or reloads) a model explicitly and returns when it is AVAILABLE, failed, or the
+    /// timeout passed. It must be a directory of the repository or a model of the config.
+    pub async fn load_model(&self, name: &str, timeout: Duration) -> Result<(), Error> {
+        {
+            let mut state = self.lock();
+            let known = match &state.source {
+                ModelSource::Repository(root) => root.join(name).is_dir(),
+                ModelSource::List(list) => list.iter().any(|m| m.name == name),
+            };
+            if !known {
+                return Err(Error::NotFound(match &state.source {
+                    ModelSource::Repository(root) => {
+                        format!("cannot load model '{name}': there is no directory {}", root.join(name).display())
+                    }
+                    ModelSource::List(_) => format!("cannot load model '{name}': it is not in the model config"),
+                }));
+            }
+            state.excluded.remove(name);
+            if let Some(rec) = state.models.get_mut(name) {
+                rec.scans = 0;
+            }
+        }
+        self.wake();
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let state = self.lock();
+                if let Some(rec) = state.models.get(name) {
+                    let loading = rec.unstable || rec.versions.values().any(|v| v.loading);
+                    if rec.scans >= 2 && !loading {
+                        if rec.versions.values().any(|v| v.state == VersionState::Available) {
+                            return Ok(());
+                        }
+                        drop(state);
+                        return Err(self.unavailable(name, None, ""));
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "model '{name}' is still loading after {} s",
+                    timeout.as_secs_f64()
+                )));
+            }
+            self.wake();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Unloads a model explicitly: it leaves the serving table at once, its in-flight requests
+    /// finish, and scans ignore it until it is loaded again.
+    pub async fn unload_model(&self, name: &str) -> Result<(), Error> {
+        {
+            let mut state = self.lock();
+            if !state.models.contains_key(name) {
+                let known: Vec<&str> = state.models.keys().map(String::as_str).collect();
+                return Err(Error::ModelNotFound { model: name.to_string(), known: known.join(", ") });
+            }
+            state.excluded.insert(name.to_string());
+        }
+        self.wake();
+        loop {
+            if !self.lock().models.contains_key(name) {
+                return Ok(());
+            }
+            self.wake();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Names of all known models.

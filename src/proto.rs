@@ -15,3 +15,8 @@ pub mod tensorflow {
         tonic::include_proto!("tensorflow.serving");
     }
 }
+
+/// KServe v2 / Open Inference Protocol (`inference.GRPCInferenceService`, Triton field numbers).
+pub mod inference {
+    tonic::include_proto!("inference");
+}

@@ -1,8 +1,10 @@
 //! The gRPC server: TF Serving services, health (`grpc.health.v1`), reflection (v1 and v1alpha),
 //! startup loading and graceful shutdown.
+use crate::api::kserve_grpc::KServeGrpc;
 use crate::api::tfserving::TfServing;
 use crate::config::ServeConfig;
 use crate::manager::ModelManager;
+use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::tensorflow::serving::model_service_server::ModelServiceServer;
 use crate::proto::tensorflow::serving::prediction_service_server::PredictionServiceServer;
 use std::future::Future;
@@ -15,9 +17,10 @@ use tonic_health::ServingStatus;
 
 type PredictionSvc = PredictionServiceServer<TfServing>;
 type ModelSvc = ModelServiceServer<TfServing>;
+type InferenceSvc = GrpcInferenceServiceServer<KServeGrpc>;
 
 /// Service names whose health is reported: "" (the whole server) and each API service.
-pub const HEALTH_SERVICES: [&str; 3] = ["", PredictionSvc::NAME, ModelSvc::NAME];
+pub const HEALTH_SERVICES: [&str; 4] = ["", PredictionSvc::NAME, ModelSvc::NAME, InferenceSvc::NAME];
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     for name in HEALTH_SERVICES {
@@ -57,6 +60,9 @@ pub async fn serve(
     let prediction =
         PredictionServiceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(max);
     let model = ModelServiceServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max);
+    let inference = GrpcInferenceServiceServer::new(KServeGrpc::new(Arc::clone(&manager), cfg.reload_config_timeout))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
 
     // Load the initial models in the background; flip health to SERVING when that pass is done,
     // then keep watching the repository.
@@ -84,6 +90,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(prediction)
         .add_service(model)
+        .add_service(inference)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, finishing in-flight requests");

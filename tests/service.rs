@@ -140,7 +140,12 @@ async fn health_is_not_serving_until_models_are_loaded() {
     let next =
         tokio::time::timeout(std::time::Duration::from_secs(60), watch.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(next.status(), ServingStatus::Serving);
-    for svc in ["", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"] {
+    for svc in [
+        "",
+        "tensorflow.serving.PredictionService",
+        "tensorflow.serving.ModelService",
+        "inference.GRPCInferenceService",
+    ] {
         assert_eq!(server.health(svc).await, ServingStatus::Serving, "{svc}");
     }
     let mut hc = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
@@ -178,6 +183,7 @@ async fn reflection_lists_the_services_v1_and_v1alpha() {
         vec![
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
+            "inference.GRPCInferenceService",
             "tensorflow.serving.ModelService",
             "tensorflow.serving.PredictionService",
         ]
