@@ -131,11 +131,13 @@ impl GrpcInferenceService for KServeGrpc {
         for input in r.inputs {
             let dtype = v2_tensor::parse_datatype(&ctx, &input.name, &input.datatype)?;
             let tensor = match (use_raw, input.contents) {
-                (true, Some(_)) => return Err(Error::InvalidArgument(format!(
+                (true, Some(_)) => {
+                    return Err(Error::InvalidArgument(format!(
                     "{ctx}: input '{}' sets contents although raw_input_contents is used; use one form for all inputs",
                     input.name
                 ))
-                .into()),
+                    .into())
+                }
                 (true, None) => {
                     let raw = raws.next().unwrap_or_default();
                     v2_tensor::decode_raw(&ctx, &input.name, dtype, input.shape, raw)?
