@@ -78,6 +78,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8500)]
     pub port: u16,
 
+    /// HTTP/REST port for TF Serving's REST API, KServe v2 REST, /healthz and /readyz
+    /// (0 = off). Must differ from --port.
+    #[arg(long, alias = "rest_api_port", default_value_t = 8501)]
+    pub rest_api_port: u16,
+
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
     pub host: String,

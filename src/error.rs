@@ -52,6 +52,18 @@ impl Error {
             Error::Runtime { .. } | Error::Internal(_) => Code::Internal,
         }
     }
+
+    /// The HTTP status of this error on the REST front ends (TF Serving's table, from the gRPC code).
+    pub fn http_status(&self) -> u16 {
+        match self.code() {
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+            Code::NotFound => 404,
+            Code::ResourceExhausted => 429,
+            Code::Unimplemented => 501,
+            Code::Unavailable => 503,
+            _ => 500,
+        }
+    }
 }
 
 impl From<Error> for Status {
@@ -82,5 +94,12 @@ mod tests {
         let s: Status = Error::ModelNotFound { model: "m".into(), known: "a, b".into() }.into();
         assert_eq!(s.code(), Code::NotFound);
         assert_eq!(s.message(), "Servable not found for request: model 'm' is not served here; served models: [a, b]");
+        assert_eq!(Error::InvalidArgument(String::new()).http_status(), 400);
+        assert_eq!(Error::FailedPrecondition(String::new()).http_status(), 400);
+        assert_eq!(Error::NotFound(String::new()).http_status(), 404);
+        assert_eq!(Error::ResourceExhausted(String::new()).http_status(), 429);
+        assert_eq!(Error::Unimplemented(String::new()).http_status(), 501);
+        assert_eq!(Error::Unavailable(String::new()).http_status(), 503);
+        assert_eq!(Error::Internal(String::new()).http_status(), 500);
     }
 }

@@ -35,7 +35,19 @@ fn serve(args: maas::config::ServeArgs) -> Result<(), String> {
         let addr = format!("{}:{}", args.host, args.port);
         let listener =
             tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        maas::server::serve(cfg, env, listener, shutdown_signal()).await
+        let rest = if args.rest_api_port == 0 {
+            None
+        } else {
+            if args.rest_api_port == args.port {
+                return Err(format!("--rest-api-port must differ from --port (both are {})", args.port));
+            }
+            let rest_addr = format!("{}:{}", args.host, args.rest_api_port);
+            let l = tokio::net::TcpListener::bind(&rest_addr)
+                .await
+                .map_err(|e| format!("cannot listen on {rest_addr} (--rest-api-port; 0 turns REST off): {e}"))?;
+            Some(l)
+        };
+        maas::server::serve(cfg, env, listener, rest, shutdown_signal()).await
     })
 }
 

@@ -37,6 +37,7 @@ pub async fn serve(
     cfg: ServeConfig,
     env: &'static ort::environment::Environment,
     listener: TcpListener,
+    rest: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let manager = Arc::new(ModelManager::new(env, cfg.manager.clone(), cfg.source.clone()));
@@ -84,6 +85,25 @@ pub async fn serve(
     tracing::info!(%addr, "maas gRPC server listening");
     let drain_reporter = reporter.clone();
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    // REST stops accepting when the drain begins, like gRPC.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let rest_task = match rest {
+        Some(rest_listener) => {
+            let rest_addr = rest_listener.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(addr = %rest_addr, "maas REST server listening");
+            let router = crate::api::rest::router_with_body_limit(Arc::clone(&manager), cfg.max_message_size_bytes);
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                let graceful = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(rest_listener, router).with_graceful_shutdown(graceful).await {
+                    tracing::error!("REST server error: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -95,6 +115,7 @@ pub async fn serve(
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, finishing in-flight requests");
             set_health(&drain_reporter, ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
             let _ = drain_tx.send(());
         });
     // In-flight requests get `drain_timeout` to finish; streams that never end (e.g. Health/Watch)
@@ -113,6 +134,10 @@ pub async fn serve(
             Ok(())
         }
     };
+    if let Some(t) = rest_task {
+        // Bounded like the gRPC drain.
+        let _ = tokio::time::timeout(cfg.drain_timeout, t).await;
+    }
     loader.abort();
     if let Some(p) = config_poller {
         p.abort();

@@ -32,6 +32,7 @@ fn help_documents_every_flag() {
         "--enable-serialization-as-tensor-content",
         "--drain-timeout-seconds",
         "--num-load-threads",
+        "--rest-api-port",
         "--model-config-file",
         "--model-config-file-poll-wait-seconds",
         "--model-name",
@@ -111,7 +112,7 @@ fn tf_serving_underscore_flags_are_accepted() {
 #[test]
 fn sigterm_drains_and_exits_zero() {
     let mut child = maas()
-        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--model-repository"])
+        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--rest-api-port", "0", "--model-repository"])
         .arg(bundled())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

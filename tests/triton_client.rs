@@ -1,5 +1,5 @@
 //! Cross-language: NVIDIA's official Triton Python client (tritonclient from PyPI) against maas's
-//! KServe v2 gRPC front end.
+//! KServe v2 gRPC and REST front ends.
 mod common;
 
 use common::*;
@@ -23,7 +23,7 @@ async fn official_triton_client_over_grpc() {
     let server = TestServer::ready(test_config(repo.path())).await;
     let out = tokio::process::Command::new(&python)
         .arg(repo_root().join("tests/python/triton_client.py"))
-        .args(["--grpc-url", &server.addr.to_string()])
+        .args(["--grpc-url", &server.addr.to_string(), "--http-url", &server.rest_addr.to_string()])
         .output()
         .await
         .unwrap();
@@ -43,4 +43,7 @@ async fn official_triton_client_over_grpc() {
     let tf = tf.unwrap().into_inner().outputs["y"].float_val.clone();
     let py: Vec<f32> = serde_json::from_value(v["grpc_probabilities"].clone()).unwrap();
     assert_eq!(py, tf);
+    // and through HTTP/JSON (KServe v2 REST on the server's REST port)
+    let http: Vec<f32> = serde_json::from_value(v["http_probabilities"].clone()).unwrap();
+    assert_eq!(http, tf);
 }

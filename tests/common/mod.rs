@@ -36,6 +36,8 @@ pub fn bundled() -> PathBuf {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The REST (HTTP) port.
+    pub rest_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<Result<(), String>>>,
 }
@@ -46,11 +48,13 @@ impl TestServer {
         let env = ort_env();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let rest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let rest_addr = rest.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(maas::server::serve(cfg, env, listener, async move {
+        let handle = tokio::spawn(maas::server::serve(cfg, env, listener, Some(rest), async move {
             let _ = rx.await;
         }));
-        TestServer { addr, shutdown: Some(tx), handle: Some(handle) }
+        TestServer { addr, rest_addr, shutdown: Some(tx), handle: Some(handle) }
     }
 
     /// Starts a server and waits until its health is SERVING (initial models loaded).
