@@ -119,6 +119,11 @@ pub struct ServeArgs {
     #[arg(long, alias = "tensorflow_inter_op_parallelism", default_value_t = 1)]
     pub inter_op_threads: usize,
 
+    /// Requests per model version admitted at once (running or waiting for a session); beyond it
+    /// requests get RESOURCE_EXHAUSTED at once instead of queueing. 0 = no bound.
+    #[arg(long, alias = "max_in_flight_requests", default_value_t = 0, value_name = "N")]
+    pub max_in_flight_requests: usize,
+
     /// Largest gRPC message accepted or sent, in bytes (gRPC's own default is 4 MiB).
     #[arg(long, alias = "max_message_size_bytes", default_value_t = 1 << 30, value_name = "BYTES")]
     pub max_message_size_bytes: usize,
@@ -237,6 +242,7 @@ impl ServeArgs {
                     pool_size,
                     intra_op_threads: self.intra_op_threads,
                     inter_op_threads: self.inter_op_threads,
+                    max_in_flight: self.max_in_flight_requests,
                 },
                 num_load_threads: self.num_load_threads,
                 max_load_retries: self.max_num_load_retries,

@@ -24,6 +24,9 @@ pub enum Error {
     /// An RPC or feature this server does not offer.
     #[error("{0}")]
     Unimplemented(String),
+    /// The client's deadline passed before the work could be done.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// A limit was hit.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -48,6 +51,7 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Runtime { invalid_input: true, .. } => Code::InvalidArgument,
             Error::Runtime { .. } | Error::Internal(_) => Code::Internal,
         }
@@ -61,6 +65,7 @@ impl Error {
             Code::ResourceExhausted => 429,
             Code::Unimplemented => 501,
             Code::Unavailable => 503,
+            Code::DeadlineExceeded => 504,
             _ => 500,
         }
     }

@@ -33,6 +33,7 @@ fn help_documents_every_flag() {
         "--drain-timeout-seconds",
         "--num-load-threads",
         "--rest-api-port",
+        "--max-in-flight-requests",
         "--model-config-file",
         "--model-config-file-poll-wait-seconds",
         "--model-name",

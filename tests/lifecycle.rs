@@ -115,3 +115,71 @@ async fn drain_timeout_bounds_a_stream_that_never_ends() {
     assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(10), "took {took:?}");
     drop(watch);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_bound_refuses_at_once_with_resource_exhausted() {
+    let mut cfg = test_config(fixtures());
+    cfg.manager.runtime.pool_size = 1;
+    cfg.manager.runtime.max_in_flight = 2;
+    let server = TestServer::ready(cfg).await;
+    let client = server.predict_client().await;
+    // two slow requests hold the bound (one runs, one waits for the single session)
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = client.clone();
+        held.push(tokio::spawn(async move { c.predict(predict_req("slow", None, vec![("x", slow_input())])).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let started = Instant::now();
+    let err = client.clone().predict(predict_req("slow", None, vec![("x", slow_input())])).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(150), "refused at once, took {:?}", started.elapsed());
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        err.message(),
+        "model 'slow' version 1 already has 2 requests in flight, the limit set by --max-in-flight-requests (2); retry later"
+    );
+    for h in held {
+        h.await.unwrap().expect("admitted requests complete");
+    }
+    // the bound is per model version: the slot is free again
+    client.clone().predict(predict_req("slow", None, vec![("x", slow_input())])).await.unwrap();
+    // other models are not affected
+    client.clone().predict(predict_req("numbers_classifier", None, vec![("x", classifier_input(1, 0))])).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_deadline_passed_while_queued_is_not_run() {
+    use maas::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use maas::proto::inference::ModelStatisticsRequest;
+    let mut cfg = test_config(fixtures());
+    cfg.manager.runtime.pool_size = 1;
+    let server = TestServer::ready(cfg).await;
+    let client = server.predict_client().await;
+    // occupy the only session for ~3 x 170 ms
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        let mut c = client.clone();
+        busy.push(tokio::spawn(async move { c.predict(predict_req("slow", None, vec![("x", slow_input())])).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let mut req = tonic::Request::new(predict_req("slow", None, vec![("x", slow_input())]));
+    req.set_timeout(Duration::from_millis(50));
+    let err = client.clone().predict(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
+        "{:?}: {}",
+        err.code(),
+        err.message()
+    );
+    for b in busy {
+        b.await.unwrap().unwrap();
+    }
+    // The expired request never ran: either the server dropped it while it waited for the session
+    // (tonic enforces grpc-timeout), or it was refused on its turn (counted as a failure).
+    client.clone().predict(predict_req("slow", None, vec![("x", slow_input())])).await.unwrap();
+    let mut v2 = GrpcInferenceServiceClient::new(server.channel().await);
+    let s = v2.model_statistics(ModelStatisticsRequest { name: "slow".into(), version: String::new() }).await;
+    let st = s.unwrap().into_inner().model_stats[0].inference_stats.unwrap();
+    assert_eq!(st.success.unwrap().count, 4, "3 busy requests + 1 after: the expired one did not run");
+    assert!(st.fail.unwrap().count <= 1);
+}

@@ -104,6 +104,7 @@ impl GrpcInferenceService for KServeGrpc {
     }
 
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let deadline = super::grpc_deadline(r.metadata());
         let r = r.into_inner();
         let servable = self.manager.resolve(&r.model_name, &selector(&r.model_version)?)?;
         let ctx = format!("model '{}' version {}", servable.model, servable.version);
@@ -149,7 +150,7 @@ impl GrpcInferenceService for KServeGrpc {
             inputs.push((input.name, tensor));
         }
         let wanted: Vec<String> = r.outputs.into_iter().map(|o| o.name).collect();
-        let response = servable.infer(InferRequest { inputs, outputs: wanted }).await?;
+        let response = servable.infer_before(InferRequest { inputs, outputs: wanted }, deadline).await?;
         let mut outputs = Vec::with_capacity(response.outputs.len());
         let mut raw_output_contents = Vec::new();
         for (name, t) in response.outputs {

@@ -102,6 +102,7 @@ impl PredictionService for TfServing {
     }
 
     async fn predict(&self, request: Request<tfs::PredictRequest>) -> Result<Response<tfs::PredictResponse>, Status> {
+        let deadline = super::grpc_deadline(request.metadata());
         let req = request.into_inner();
         let servable = self.resolve(req.model_spec.as_ref())?;
         let ctx = format!("model '{}' version {}", servable.model, servable.version);
@@ -116,7 +117,7 @@ impl PredictionService for TfServing {
             return Err(Error::InvalidArgument(format!("{ctx}: output_filter names '{dup}' more than once")).into());
         }
         outputs.shrink_to_fit();
-        let response = servable.infer(InferRequest { inputs, outputs }).await?;
+        let response = servable.infer_before(InferRequest { inputs, outputs }, deadline).await?;
         let outputs: HashMap<String, _> = response
             .outputs
             .into_iter()

@@ -21,6 +21,9 @@ pub struct RuntimeConfig {
     pub pool_size: usize,
     pub intra_op_threads: usize,
     pub inter_op_threads: usize,
+    /// Requests per model version admitted at once (running or waiting for a session); more are
+    /// refused with RESOURCE_EXHAUSTED. 0 = no bound.
+    pub max_in_flight: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -33,6 +36,7 @@ impl Default for RuntimeConfig {
             pool_size: cores,
             intra_op_threads: 1,
             inter_op_threads: 1,
+            max_in_flight: 0,
         }
     }
 }

@@ -14,8 +14,9 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{Outlet, ValueType};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::Instant;
 use tokio::sync::Semaphore;
 use tonic::Code;
 
@@ -35,6 +36,30 @@ impl LoadError {
 impl From<String> for LoadError {
     fn from(message: String) -> LoadError {
         LoadError::new(Code::Internal, message)
+    }
+}
+
+/// A request counted against `max_in_flight` until dropped.
+struct InFlight(Arc<Servable>);
+
+impl InFlight {
+    fn admit(s: &Arc<Servable>) -> Result<InFlight, Error> {
+        let before = s.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(Arc::clone(s));
+        if s.max_in_flight > 0 && before >= s.max_in_flight {
+            return Err(Error::ResourceExhausted(format!(
+                "{} already has {before} requests in flight, the limit set by --max-in-flight-requests ({}); retry later",
+                s.what(),
+                s.max_in_flight
+            )));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -85,6 +110,9 @@ impl Stats {
 pub struct Servable {
     /// Request counts and durations.
     pub stats: Stats,
+    /// Requests admitted and not finished; refused beyond `max_in_flight` (0 = no bound).
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
     pub model: String,
     pub version: i64,
     pub path: PathBuf,
@@ -148,6 +176,8 @@ impl Servable {
             signature,
             providers,
             stats: Stats::default(),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: cfg.max_in_flight,
             permits: Arc::new(Semaphore::new(sessions.len())),
             sessions: sessions.into_iter().map(Mutex::new).collect(),
         })
@@ -232,14 +262,23 @@ impl Servable {
 
     /// Validates and runs a request on a free session of the pool, off the reactor.
     pub async fn infer(self: &Arc<Self>, req: InferRequest) -> Result<InferResponse, Error> {
-        let started = std::time::Instant::now();
-        let result = self.infer_inner(req).await;
-        self.stats.record(result.is_ok(), started.elapsed());
-        result
+        self.infer_before(req, None).await
     }
 
-    async fn infer_inner(self: &Arc<Self>, req: InferRequest) -> Result<InferResponse, Error> {
-        self.validate(&req)?;
+    /// Like [`Servable::infer`], for a client with a deadline: a request whose deadline has passed
+    /// by the time a session is free is not run (DEADLINE_EXCEEDED).
+    pub async fn infer_before(
+        self: &Arc<Self>,
+        req: InferRequest,
+        deadline: Option<Instant>,
+    ) -> Result<InferResponse, Error> {
+        let started = Instant::now();
+        // Admission: beyond the in-flight bound, refuse at once instead of queueing.
+        let admitted = InFlight::admit(self)?;
+        if let Err(e) = self.validate(&req) {
+            self.stats.record(false, started.elapsed());
+            return Err(e);
+        }
         let permit = self
             .permits
             .clone()
@@ -247,9 +286,20 @@ impl Servable {
             .await
             .map_err(|_| Error::Unavailable(format!("{} is unloading", self.what())))?;
         let this = Arc::clone(self);
+        // Statistics are recorded on the blocking thread, so they count requests whose client
+        // gave up while they waited.
         tokio::task::spawn_blocking(move || {
-            let result = this.run_blocking(&req);
+            let _admitted = admitted;
+            let result = match deadline {
+                Some(d) if Instant::now() >= d => Err(Error::DeadlineExceeded(format!(
+                    "{}: the client's deadline passed after {} ms waiting for a free session; the request was not run",
+                    this.what(),
+                    started.elapsed().as_millis()
+                ))),
+                _ => this.run_blocking(&req),
+            };
             drop(permit);
+            this.stats.record(result.is_ok(), started.elapsed());
             result
         })
         .await
