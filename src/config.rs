@@ -2,7 +2,7 @@
 use crate::manager::{ManagerConfig, ModelSource};
 use crate::repository::config::{self as model_config, ModelConfig};
 use crate::repository::policy::VersionPolicy;
-use crate::runtime::{Provider, RuntimeConfig};
+use crate::runtime::{BatchingConfig, Provider, RuntimeConfig};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -124,6 +124,17 @@ pub struct ServeArgs {
     #[arg(long, alias = "max_in_flight_requests", default_value_t = 0, value_name = "N")]
     pub max_in_flight_requests: usize,
 
+    /// Batch concurrent requests to each model version whose inputs and outputs all have a dynamic
+    /// first dimension (other models run unbatched). Per model: `enable_batching` in its maas.pbtxt.
+    #[arg(long, alias = "enable_batching", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub enable_batching: bool,
+
+    /// TF Serving BatchingParameters in text format for --enable-batching: max_batch_size (default
+    /// 64), batch_timeout_micros (0), max_enqueued_batches (100), num_batch_threads (one per
+    /// session), allowed_batch_sizes, pad_variable_length_inputs.
+    #[arg(long, alias = "batching_parameters_file", value_name = "FILE")]
+    pub batching_parameters_file: Option<PathBuf>,
+
     /// Largest gRPC message accepted or sent, in bytes (gRPC's own default is 4 MiB).
     #[arg(long, alias = "max_message_size_bytes", default_value_t = 1 << 30, value_name = "BYTES")]
     pub max_message_size_bytes: usize,
@@ -226,11 +237,13 @@ impl ServeArgs {
                 labels: Default::default(),
             }])
         };
-        let pool_size = if self.session_pool_size == 0 {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (cores / self.intra_op_threads).max(1)
-        } else {
-            self.session_pool_size
+        let batching = match (&self.batching_parameters_file, self.enable_batching) {
+            (Some(_), false) => {
+                return Err("--batching-parameters-file needs --enable-batching (as in TensorFlow Serving)".into())
+            }
+            (Some(file), true) => Some(BatchingConfig::read(file)?),
+            (None, true) => Some(BatchingConfig::default()),
+            (None, false) => None,
         };
         Ok(ServeConfig {
             source,
@@ -239,10 +252,11 @@ impl ServeArgs {
                     providers: self.execution_providers.clone(),
                     device_id: self.device_id,
                     allow_cpu_fallback: self.allow_cpu_fallback,
-                    pool_size,
+                    pool_size: self.session_pool_size,
                     intra_op_threads: self.intra_op_threads,
                     inter_op_threads: self.inter_op_threads,
                     max_in_flight: self.max_in_flight_requests,
+                    batching,
                 },
                 num_load_threads: self.num_load_threads,
                 max_load_retries: self.max_num_load_retries,

@@ -540,9 +540,10 @@ impl ModelManager {
         match outcome {
             Ok((servable, took)) => {
                 let message = format!(
-                    "serving on {} with {} session(s); loaded{} in {} ms",
+                    "serving on {} with {} session(s){}; loaded{} in {} ms",
                     servable.providers,
                     servable.pool_size(),
+                    servable.batching().map(|b| format!(", {b}")).unwrap_or_default(),
                     if self.cfg.enable_warmup { " and warmed up" } else { "" },
                     took.as_millis()
                 );

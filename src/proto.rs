@@ -20,3 +20,8 @@ pub mod tensorflow {
 pub mod inference {
     tonic::include_proto!("inference");
 }
+
+/// maas's own messages (per-model settings, `maas.pbtxt`).
+pub mod maas {
+    tonic::include_proto!("maas");
+}

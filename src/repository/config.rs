@@ -63,9 +63,15 @@ fn pool() -> Result<&'static DescriptorPool, String> {
 
 /// Text format -> typed `ModelServerConfig`, with syntax errors located by line and column.
 fn parse_text_proto(text: &str) -> Result<pb::ModelServerConfig, String> {
+    parse_text_message(ROOT_MESSAGE, text)
+}
+
+/// Protobuf text format -> the typed message `root` (a full name from our `proto/` files), with
+/// syntax errors located by line and column.
+pub(crate) fn parse_text_message<T: prost::Message + Default>(root: &str, text: &str) -> Result<T, String> {
     let desc = pool()?
-        .get_message_by_name(ROOT_MESSAGE)
-        .ok_or_else(|| format!("internal error: message {ROOT_MESSAGE} not in the descriptor set"))?;
+        .get_message_by_name(root)
+        .ok_or_else(|| format!("internal error: message {root} not in the descriptor set"))?;
     let msg = DynamicMessage::parse_text_format(desc, text).map_err(|e| {
         let what = e.to_string();
         match error_offset(&e, text).and_then(|offset| line_column(text, offset)) {
@@ -73,7 +79,7 @@ fn parse_text_proto(text: &str) -> Result<pb::ModelServerConfig, String> {
             None => format!("syntax error: {what}"),
         }
     })?;
-    msg.transcode_to::<pb::ModelServerConfig>().map_err(|e| format!("invalid config: {e}"))
+    msg.transcode_to::<T>().map_err(|e| format!("invalid message: {e}"))
 }
 
 /// Byte offset of a text-format parse error. prost-reflect exposes the span only through its `miette`

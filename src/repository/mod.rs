@@ -57,7 +57,7 @@ pub fn list_versions(model: &ModelDir) -> std::io::Result<Vec<VersionDir>> {
     for entry in std::fs::read_dir(&model.path)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
+        if name.starts_with('.') || name == crate::runtime::settings::SETTINGS_FILE {
             continue;
         }
         let is_dir = entry.path().is_dir();

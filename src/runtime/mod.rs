@@ -1,12 +1,15 @@
 //! ONNX Runtime: the process environment, execution providers, tensor conversion and the servable
 //! (a loaded model version with its pool of sessions).
+mod batching;
 mod convert;
 pub mod env;
 mod providers;
 mod servable;
+pub mod settings;
 
 pub use providers::Provider;
 pub use servable::{LoadError, Servable, Stats, StatsSnapshot};
+pub use settings::BatchingConfig;
 
 /// How model versions are loaded and run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,26 +20,40 @@ pub struct RuntimeConfig {
     pub device_id: i32,
     /// Fall back to CPU when a GPU provider cannot be registered.
     pub allow_cpu_fallback: bool,
-    /// Sessions per model version.
+    /// Sessions per model version; 0 = the number of CPU cores divided by `intra_op_threads`
+    /// (at least 1), so that busy threads match the cores.
     pub pool_size: usize,
     pub intra_op_threads: usize,
     pub inter_op_threads: usize,
     /// Requests per model version admitted at once (running or waiting for a session); more are
     /// refused with RESOURCE_EXHAUSTED. 0 = no bound.
     pub max_in_flight: usize,
+    /// Dynamic batching (None = off).
+    pub batching: Option<BatchingConfig>,
+}
+
+impl RuntimeConfig {
+    /// The number of sessions a version gets (`pool_size`, or the automatic value for 0).
+    pub fn sessions(&self) -> usize {
+        if self.pool_size > 0 {
+            return self.pool_size;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / self.intra_op_threads.max(1)).max(1)
+    }
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         RuntimeConfig {
             providers: vec![Provider::Cpu],
             device_id: 0,
             allow_cpu_fallback: false,
-            pool_size: cores,
+            pool_size: 0,
             intra_op_threads: 1,
             inter_op_threads: 1,
             max_in_flight: 0,
+            batching: None,
         }
     }
 }

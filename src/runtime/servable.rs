@@ -4,9 +4,10 @@
 //! one permit per session bounds the work: a request waits (asynchronously, on the reactor) for a
 //! permit, then runs on a blocking thread where it takes a free session. No lock is ever held across
 //! an `.await`, and inference never runs on a reactor thread.
+use super::batching::{unbatchable, Batcher};
 use super::convert::{dtype_from_ort, from_output, to_input};
 use super::providers;
-use super::RuntimeConfig;
+use super::{settings, RuntimeConfig};
 use crate::error::Error;
 use crate::tensor::{fmt_shape, InferRequest, InferResponse, Signature, Tensor, TensorData, TensorSpec};
 use ort::environment::Environment;
@@ -39,8 +40,8 @@ impl From<String> for LoadError {
     }
 }
 
-/// A request counted against `max_in_flight` until dropped.
-struct InFlight(Arc<Servable>);
+/// A request counted against `max_in_flight` until dropped. It also keeps its version alive.
+pub(crate) struct InFlight(Arc<Servable>);
 
 impl InFlight {
     fn admit(s: &Arc<Servable>) -> Result<InFlight, Error> {
@@ -85,7 +86,7 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
-    fn record(&self, ok: bool, took: std::time::Duration) {
+    pub(crate) fn record(&self, ok: bool, took: std::time::Duration) {
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let (count, total) =
             if ok { (&self.success_count, &self.success_ns) } else { (&self.fail_count, &self.fail_ns) };
@@ -121,6 +122,8 @@ pub struct Servable {
     pub providers: String,
     sessions: Vec<Mutex<Session>>,
     permits: Arc<Semaphore>,
+    /// Dynamic batching, when configured and the model allows it.
+    batcher: Option<Batcher>,
 }
 
 impl std::fmt::Debug for Servable {
@@ -135,7 +138,8 @@ impl std::fmt::Debug for Servable {
 }
 
 impl Servable {
-    /// Loads `path` into `cfg.pool_size` sessions. Blocking: call it from a loader thread.
+    /// Loads `path` into `cfg.sessions()` sessions, with the overrides of the model's `maas.pbtxt`.
+    /// Blocking: call it from a loader thread.
     pub fn load(
         env: &Environment,
         model: &str,
@@ -146,6 +150,7 @@ impl Servable {
         if !path.is_file() {
             return Err(LoadError::new(Code::NotFound, format!("model file {} does not exist", path.display())));
         }
+        let cfg = &settings::for_version(cfg, path).map_err(|m| LoadError::new(Code::InvalidArgument, m))?;
         let ort_err = |what: &str, e: ort::Error| format!("{what}: {e}");
         let builder = Session::builder(env)
             .map_err(|e| ort_err("could not create a session builder", e))?
@@ -159,7 +164,7 @@ impl Servable {
             .map_err(|e| ort_err("could not set the log id", e.into()))?;
         let (mut builder, providers) =
             providers::register(builder, cfg).map_err(|m| LoadError::new(Code::FailedPrecondition, m))?;
-        let pool_size = cfg.pool_size.max(1);
+        let pool_size = cfg.sessions();
         let mut sessions = Vec::with_capacity(pool_size);
         for _ in 0..pool_size {
             let session = builder.commit_from_file(path).map_err(|e| {
@@ -168,8 +173,19 @@ impl Servable {
             sessions.push(session);
         }
         let signature = signature_of(&sessions[0]).map_err(|m| LoadError::new(Code::InvalidArgument, m))?;
+        let batcher = match &cfg.batching {
+            None => None,
+            Some(b) => match unbatchable(&signature) {
+                Some(why) => {
+                    tracing::info!(model, version, "not batched: {why}");
+                    None
+                }
+                None => Some(Batcher::new(b.clone(), b.num_batch_threads.unwrap_or(pool_size))),
+            },
+        };
         tracing::info!(model, version, path = %path.display(), sessions = pool_size, providers = %providers, "loaded model version");
         Ok(Servable {
+            batcher,
             model: model.to_string(),
             version,
             path: path.to_path_buf(),
@@ -188,7 +204,19 @@ impl Servable {
         self.sessions.len()
     }
 
-    fn what(&self) -> String {
+    /// How requests are batched, for status messages (None = not batched).
+    pub fn batching(&self) -> Option<String> {
+        self.batcher.as_ref().map(|b| {
+            format!(
+                "batches of up to {} rows ({} µs timeout, {} thread(s))",
+                b.cfg.max_batch_size,
+                b.cfg.batch_timeout.as_micros(),
+                b.threads()
+            )
+        })
+    }
+
+    pub(crate) fn what(&self) -> String {
         format!("model '{}' version {}", self.model, self.version)
     }
 
@@ -279,6 +307,18 @@ impl Servable {
             self.stats.record(false, started.elapsed());
             return Err(e);
         }
+        if let Some(batcher) = &self.batcher {
+            let answer = match batcher.submit(self, req, deadline, started, admitted) {
+                Ok(answer) => answer,
+                Err(e) => {
+                    self.stats.record(false, started.elapsed());
+                    return Err(e);
+                }
+            };
+            return answer
+                .await
+                .map_err(|_| Error::Internal(format!("{}: the batch thread dropped the request", self.what())))?;
+        }
         let permit = self
             .permits
             .clone()
@@ -309,6 +349,13 @@ impl Servable {
     /// Runs a validated request on a free session. Blocking.
     pub fn run_blocking(&self, req: &InferRequest) -> Result<InferResponse, Error> {
         self.run_on(req, || self.take_session())
+    }
+
+    /// Runs a validated request on session `i` of the pool (batch threads own their session), blocking
+    /// until that session is free.
+    pub(crate) fn run_on_session(&self, i: usize, req: &InferRequest) -> Result<InferResponse, Error> {
+        let session = &self.sessions[i % self.sessions.len()];
+        self.run_on(req, || Ok(session.lock().unwrap_or_else(|p| p.into_inner())))
     }
 
     /// Runs `req` on the session `take` hands out (after the inputs are converted, so the session
