@@ -209,7 +209,7 @@ impl GrpcInferenceService for KServeGrpc {
                     version: s.version.to_string(),
                     last_inference: st.last_inference_ms,
                     inference_count: st.success_count,
-                    execution_count: st.success_count,
+                    execution_count: st.execution_count,
                     inference_stats: Some(pb::InferStatistics {
                         success: duration(st.success_count, st.success_ns),
                         fail: duration(st.fail_count, st.fail_ns),

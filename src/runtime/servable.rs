@@ -73,6 +73,8 @@ pub struct Stats {
     fail_ns: AtomicU64,
     /// Milliseconds since the Unix epoch of the last request, 0 = none.
     last_inference_ms: AtomicU64,
+    /// ONNX Runtime runs (one per request, or one per batch when batching).
+    executions: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -83,6 +85,7 @@ pub struct StatsSnapshot {
     pub fail_count: u64,
     pub fail_ns: u64,
     pub last_inference_ms: u64,
+    pub execution_count: u64,
 }
 
 impl Stats {
@@ -104,6 +107,7 @@ impl Stats {
             fail_count: self.fail_count.load(Ordering::Relaxed),
             fail_ns: self.fail_ns.load(Ordering::Relaxed),
             last_inference_ms: self.last_inference_ms.load(Ordering::Relaxed),
+            execution_count: self.executions.load(Ordering::Relaxed),
         }
     }
 }
@@ -348,6 +352,7 @@ impl Servable {
 
     /// Runs a validated request on a free session. Blocking.
     pub fn run_blocking(&self, req: &InferRequest) -> Result<InferResponse, Error> {
+        self.stats.executions.fetch_add(1, Ordering::Relaxed);
         self.run_on(req, || self.take_session())
     }
 
@@ -355,6 +360,7 @@ impl Servable {
     /// until that session is free.
     pub(crate) fn run_on_session(&self, i: usize, req: &InferRequest) -> Result<InferResponse, Error> {
         let session = &self.sessions[i % self.sessions.len()];
+        self.stats.executions.fetch_add(1, Ordering::Relaxed);
         self.run_on(req, || Ok(session.lock().unwrap_or_else(|p| p.into_inner())))
     }
 
