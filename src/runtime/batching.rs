@@ -513,7 +513,8 @@ mod tests {
     #[test]
     fn only_dynamic_first_dimensions_batch() {
         use crate::tensor::TensorSpec;
-        let spec = |name: &str, shape: &[i64]| TensorSpec { name: name.into(), dtype: DType::F32, shape: shape.to_vec() };
+        let spec =
+            |name: &str, shape: &[i64]| TensorSpec { name: name.into(), dtype: DType::F32, shape: shape.to_vec() };
         let sig = Signature { inputs: vec![spec("x", &[-1, 4])], outputs: vec![spec("y", &[-1])] };
         assert_eq!(unbatchable(&sig), None);
         let sig = Signature { inputs: vec![spec("x", &[-1, 4])], outputs: vec![spec("y", &[1])] };

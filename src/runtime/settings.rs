@@ -207,7 +207,10 @@ mod tests {
         assert_eq!(err("batch_timeout_micros { value: -1 }"), "batch_timeout_micros must not be negative, got -1");
         assert_eq!(err("max_enqueued_batches { value: -3 }"), "max_enqueued_batches must be at least 1, got -3");
         assert_eq!(err("num_batch_threads { value: 0 }"), "num_batch_threads must be at least 1, got 0");
-        assert_eq!(err("max_batch_size { value: 8 } allowed_batch_sizes: [4, 2, 8]"), "allowed_batch_sizes must increase, got [4, 2, 8]");
+        assert_eq!(
+            err("max_batch_size { value: 8 } allowed_batch_sizes: [4, 2, 8]"),
+            "allowed_batch_sizes must increase, got [4, 2, 8]"
+        );
         assert_eq!(
             err("max_batch_size { value: 8 } allowed_batch_sizes: [2, 4]"),
             "the last allowed_batch_sizes entry (4) must equal max_batch_size (8)"
@@ -256,6 +259,9 @@ mod tests {
         assert_eq!(for_version(&base, &model).unwrap().pool_size, 4);
         std::fs::write(v1.join(SETTINGS_FILE), "session_pool_size: x").unwrap();
         let e = for_version(&base, &model).unwrap_err();
-        assert!(e.starts_with(&format!("invalid model settings {}: syntax error", v1.join(SETTINGS_FILE).display())), "{e}");
+        assert!(
+            e.starts_with(&format!("invalid model settings {}: syntax error", v1.join(SETTINGS_FILE).display())),
+            "{e}"
+        );
     }
 }
