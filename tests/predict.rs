@@ -145,6 +145,59 @@ async fn tensor_content_output_mode() {
     }
 }
 
+/// `v` repeated 1024 times.
+fn repeat<T: Copy>(v: &mut Vec<T>) {
+    *v = v.iter().copied().cycle().take(v.len() * 1024).collect();
+}
+
+/// Outputs of 4 KiB and more are handed from ONNX Runtime to the encoder without a copy; their bytes
+/// must be exactly the input's, for every fixed-width dtype, in both output encodings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_outputs_round_trip_exactly() {
+    for tensor_content_output in [false, true] {
+        let mut cfg = test_config(fixtures());
+        cfg.tensor_content_output = tensor_content_output;
+        let server = TestServer::ready(cfg).await;
+        let mut client = server.predict_client().await;
+        for (name, dtype) in DTYPES {
+            if dtype == DataType::DtString {
+                continue;
+            }
+            let model = format!("identity_{name}");
+            let (typed, raw) = sample(dtype);
+            // 1024 copies of the [2, 3] sample: [2048, 3], at least 6 KiB of output.
+            let big: Vec<u8> = raw.iter().copied().cycle().take(raw.len() * 1024).collect();
+            let input = TensorProto {
+                dtype: dtype as i32,
+                tensor_shape: shape(&[2048, 3]),
+                tensor_content: Bytes::from(big.clone()),
+                ..Default::default()
+            };
+            let resp =
+                client.predict(predict_req(&model, None, vec![("x", input.clone())])).await.unwrap().into_inner();
+            let y = &resp.outputs["y"];
+            assert_eq!(dims(y), vec![2048, 3], "{model}");
+            if tensor_content_output {
+                assert_eq!(y.tensor_content.as_ref(), big.as_slice(), "{model}");
+            } else {
+                // The typed answer of the big tensor is the small one's, repeated.
+                let small = client.predict(predict_req(&model, None, vec![("x", typed)])).await.unwrap().into_inner();
+                let mut expected = small.outputs["y"].clone();
+                repeat(&mut expected.float_val);
+                repeat(&mut expected.double_val);
+                repeat(&mut expected.half_val);
+                repeat(&mut expected.int_val);
+                repeat(&mut expected.int64_val);
+                repeat(&mut expected.uint32_val);
+                repeat(&mut expected.uint64_val);
+                repeat(&mut expected.bool_val);
+                expected.tensor_shape = shape(&[2048, 3]);
+                assert_eq!(y, &expected, "{model}");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v0_broadcast_fills_the_shape() {
     let server = TestServer::ready(test_config(fixtures())).await;

@@ -2,6 +2,9 @@
 //!
 //! Inputs borrow the request's bytes when they are aligned for the element type (no copy); otherwise
 //! they are copied once. Strings are always copied (ONNX Runtime stores its own NUL-terminated copies).
+//! Outputs of at least [`ZERO_COPY_OUTPUT_BYTES`] are not copied either: the core tensor's `Bytes`
+//! owns the ONNX Runtime value and points into its buffer, so the only copy left is the front end's
+//! encoding into the wire message. Smaller outputs are copied (cheaper than the shared owner).
 use crate::tensor::{DType, Tensor, TensorData};
 use bytes::Bytes;
 use half::{bf16, f16};
@@ -81,8 +84,40 @@ where
     }
 }
 
-/// Copies an ONNX Runtime output value into a core tensor.
-pub(crate) fn from_output(name: &str, v: &DynValue) -> Result<Tensor, String> {
+/// Outputs at least this large are handed on without a copy.
+pub(crate) const ZERO_COPY_OUTPUT_BYTES: usize = 4096;
+
+/// An ONNX Runtime output value seen as its raw little-endian bytes (fixed-width types only).
+struct OrtBytes {
+    value: DynValue,
+    dtype: DType,
+}
+
+impl AsRef<[u8]> for OrtBytes {
+    fn as_ref(&self) -> &[u8] {
+        fn bytes<T: PrimitiveTensorElementType + bytemuck::Pod>(v: &DynValue) -> &[u8] {
+            v.try_extract_tensor::<T>().map(|(_, s)| bytemuck::cast_slice::<T, u8>(s)).unwrap_or(&[])
+        }
+        match self.dtype {
+            DType::F32 => bytes::<f32>(&self.value),
+            DType::F64 => bytes::<f64>(&self.value),
+            DType::F16 => bytes::<f16>(&self.value),
+            DType::BF16 => bytes::<bf16>(&self.value),
+            DType::I8 => bytes::<i8>(&self.value),
+            DType::I16 => bytes::<i16>(&self.value),
+            DType::I32 => bytes::<i32>(&self.value),
+            DType::I64 => bytes::<i64>(&self.value),
+            DType::U8 => bytes::<u8>(&self.value),
+            DType::U16 => bytes::<u16>(&self.value),
+            DType::U32 => bytes::<u32>(&self.value),
+            DType::U64 => bytes::<u64>(&self.value),
+            DType::Bool | DType::String => &[],
+        }
+    }
+}
+
+/// Turns an ONNX Runtime output value into a core tensor (without a copy when it is large).
+pub(crate) fn from_output(name: &str, v: DynValue) -> Result<Tensor, String> {
     let (ty, shape) = match v.dtype() {
         ValueType::Tensor { ty, shape, .. } => (*ty, shape.iter().copied().collect::<Vec<i64>>()),
         other => return Err(format!("output '{name}' is a {other}, not a tensor; maas serves tensor outputs only")),
@@ -90,6 +125,16 @@ pub(crate) fn from_output(name: &str, v: &DynValue) -> Result<Tensor, String> {
     let dtype = dtype_from_ort(ty)
         .ok_or_else(|| format!("output '{name}' has element type {ty:?}, which maas cannot serve"))?;
     let fail = |e: ort::Error| format!("output '{name}': could not read the ONNX Runtime tensor: {e}");
+    let size = dtype.size().unwrap_or(0);
+    if dtype != DType::Bool && size > 0 {
+        let n = crate::tensor::element_count(&shape).map_err(|e| format!("output '{name}': {e}"))?;
+        if n.saturating_mul(size) >= ZERO_COPY_OUTPUT_BYTES {
+            let data = TensorData::Raw(Bytes::from_owner(OrtBytes { value: v, dtype }));
+            return Tensor::new(dtype, shape, data)
+                .map_err(|e| format!("output '{name}': inconsistent tensor from ONNX Runtime: {e}"));
+        }
+    }
+    let v = &v;
     let data = match dtype {
         DType::F32 => raw::<f32>(v),
         DType::F64 => raw::<f64>(v),

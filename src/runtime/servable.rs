@@ -417,7 +417,7 @@ impl Servable {
         drop(guard);
         let mut result = Vec::with_capacity(values.len());
         for (name, value) in values {
-            let tensor = from_output(name, &value).map_err(Error::Internal)?;
+            let tensor = from_output(name, value).map_err(Error::Internal)?;
             result.push((name.to_string(), tensor));
         }
         Ok(InferResponse { outputs: result })
