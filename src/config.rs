@@ -343,6 +343,28 @@ mod tests {
     }
 
     #[test]
+    fn batching_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        assert_eq!(args(&["--model-repository", d]).unwrap().manager.runtime.batching, None);
+        let on = args(&["--model-repository", d, "--enable_batching"]).unwrap();
+        assert_eq!(on.manager.runtime.batching, Some(BatchingConfig::default()));
+        let on = args(&["--model-repository", d, "--enable_batching=true"]).unwrap();
+        assert_eq!(on.manager.runtime.batching, Some(BatchingConfig::default()));
+        let f = dir.path().join("batching.txt");
+        std::fs::write(&f, "max_batch_size { value: 8 } batch_timeout_micros { value: 250 }").unwrap();
+        let fa = f.to_str().unwrap();
+        let err = args(&["--model-repository", d, "--batching_parameters_file", fa]).unwrap_err();
+        assert_eq!(err, "--batching-parameters-file needs --enable-batching (as in TensorFlow Serving)");
+        let cfg = args(&["--model-repository", d, "--enable-batching", "--batching-parameters-file", fa]).unwrap();
+        let b = cfg.manager.runtime.batching.unwrap();
+        assert_eq!((b.max_batch_size, b.batch_timeout), (8, Duration::from_micros(250)));
+        std::fs::write(&f, "max_batch_size { value: 0 }").unwrap();
+        let err = args(&["--model-repository", d, "--enable-batching", "--batching-parameters-file", fa]).unwrap_err();
+        assert_eq!(err, format!("invalid batching parameters file {fa}: max_batch_size must be at least 1, got 0"));
+    }
+
+    #[test]
     fn config_file_is_read_and_validated_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("models.config");
