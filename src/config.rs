@@ -19,6 +19,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve every model of a model repository over gRPC.
     Serve(ServeArgs),
+    /// Measure: closed-loop gRPC load against a running server (`load`), or the same model on
+    /// ONNX Runtime in this process (`inprocess`).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Flags of `maas serve`. Where TensorFlow Serving has the same flag, its underscore spelling is
@@ -286,6 +289,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
             Command::Serve(a) => a.to_config(),
+            Command::Bench(_) => Err("not a serve command".into()),
         }
     }
 

@@ -20,6 +20,15 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Bench(args) => match maas::bench::run(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            // Some requests failed: the report says which.
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("maas bench: error: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
