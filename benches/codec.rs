@@ -6,7 +6,7 @@
 //!
 //! for float32, float16 (TF `half_val`; v2 raw only), int8, int64, bool and string tensors of 1,
 //! 1 Ki and 256 Ki elements (throughput in elements/s). The values are those `maas bench` sends.
-//! A full run takes about four minutes:
+//! A full run takes four to five minutes:
 //!
 //!     cargo bench --bench codec                  # everything
 //!     cargo bench --bench codec -- tf_decode     # one group (criterion filter)
