@@ -7,6 +7,7 @@ use crate::manager::ModelManager;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::tensorflow::serving::model_service_server::ModelServiceServer;
 use crate::proto::tensorflow::serving::prediction_service_server::PredictionServiceServer;
+use axum::serve::ListenerExt;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -97,13 +98,32 @@ pub async fn serve(
                 let graceful = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                if let Err(e) = axum::serve(rest_listener, router).with_graceful_shutdown(graceful).await {
+                if let Err(e) = axum::serve(
+                    rest_listener.tap_io(|tcp| {
+                        if let Err(e) = tcp.set_nodelay(true) {
+                            tracing::warn!("cannot set TCP_NODELAY on a REST connection: {e}");
+                        }
+                    }),
+                    router,
+                )
+                .with_graceful_shutdown(graceful)
+                .await
+                {
                     tracing::error!("REST server error: {e}");
                 }
             }))
         }
         None => None,
     };
+    // Nagle's algorithm off on every accepted connection: otherwise a reply larger than one segment
+    // waits for the client's delayed ACK (~40 ms).
+    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+        conn.inspect(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!("cannot set TCP_NODELAY on a gRPC connection: {e}");
+            }
+        })
+    });
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -111,7 +131,7 @@ pub async fn serve(
         .add_service(prediction)
         .add_service(model)
         .add_service(inference)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, finishing in-flight requests");
             set_health(&drain_reporter, ServingStatus::NotServing).await;
