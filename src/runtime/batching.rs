@@ -64,6 +64,9 @@ struct Batch {
 struct Queue {
     batches: VecDeque<Batch>,
     stopped: bool,
+    /// Batch threads waiting on the condition variable. Waking one costs a system call and, on a busy
+    /// core, a context switch, so a new request wakes one only when it can make a batch ready.
+    idle: usize,
 }
 
 #[derive(Default)]
@@ -145,14 +148,19 @@ impl Batcher {
         };
         let (reply, answer) = oneshot::channel();
         let task = Task { inputs, outputs: req.outputs, rows, deadline, started, reply, _admitted: admitted };
-        {
+        let wake = {
             let mut q = self.shared.lock();
             let max = self.cfg.max_batch_size;
             let queued = q.batches.len();
+            // A waiting thread needs to know when the queue stops being empty (it waits without a
+            // timeout then), when a batch fills up, or when a batch is ready at once (no timeout).
+            let idle = q.idle > 0;
+            let wake_any = idle && (queued == 0 || self.cfg.batch_timeout.is_zero());
             match q.batches.iter_mut().rev().find(|b| b.key == key && b.rows + rows <= max) {
                 Some(b) => {
                     b.rows += rows;
                     b.tasks.push(task);
+                    wake_any || (idle && b.rows >= max)
                 }
                 None if queued >= self.cfg.max_enqueued_batches => {
                     return Err(Error::Unavailable(format!(
@@ -161,10 +169,17 @@ impl Batcher {
                         queued
                     )));
                 }
-                None => q.batches.push_back(Batch { key, rows, opened: Instant::now(), tasks: vec![task] }),
+                None => {
+                    // A second batch with the same key makes the first one ready.
+                    let closes = q.batches.iter().any(|b| b.key == key);
+                    q.batches.push_back(Batch { key, rows, opened: Instant::now(), tasks: vec![task] });
+                    wake_any || (idle && (closes || rows >= max))
+                }
             }
+        };
+        if wake {
+            self.shared.wake.notify_one();
         }
-        self.shared.wake.notify_one();
         Ok(answer)
     }
 }
@@ -218,12 +233,18 @@ fn worker(shared: &Shared, servable: &Weak<Servable>, cfg: &BatchingConfig, sess
                     return;
                 }
                 if q.batches.is_empty() {
+                    q.idle += 1;
                     q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                    q.idle -= 1;
                     continue;
                 }
                 match wait_for(&q, cfg) {
                     None => break q.batches.pop_front(),
-                    Some(d) => q = shared.wake.wait_timeout(q, d).unwrap_or_else(|p| p.into_inner()).0,
+                    Some(d) => {
+                        q.idle += 1;
+                        q = shared.wake.wait_timeout(q, d).unwrap_or_else(|p| p.into_inner()).0;
+                        q.idle -= 1;
+                    }
                 }
             }
         };
