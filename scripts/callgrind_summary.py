@@ -10,30 +10,32 @@ from collections import defaultdict
 
 
 def group(location: str) -> str:
+    """The library for C/C++ code; for Rust code the crate of the function (maas: its module), taken
+    from the symbol, so code inlined from std or other crates counts where it runs."""
     if "libonnxruntime" in location:
         return "ONNX Runtime (libonnxruntime)"
     if "libstdc++" in location:
-        return "ONNX Runtime (libstdc++)"
+        return "ONNX Runtime (libstdc++ new/delete)"
     if "libc.so" in location or "ld-linux" in location:
         if "malloc" in location or "free" in location or "arena.c" in location:
             return "libc malloc/free"
         if "memmove" in location or "memcpy" in location or "memset" in location:
             return "libc memcpy/memset"
         return "libc (other)"
-    m = re.search(r"index\.crates\.io-[0-9a-f]+/([A-Za-z0-9_\-]+?)-\d+\.\d+[^/]*/", location)
-    if m:
-        return "crate " + m.group(1)
-    m = re.search(r"/work/[^/]+/src/([a-z_/]+)\.rs", location)
-    if m:
-        return "maas src/" + m.group(1) + ".rs"
-    if "/out/" in location and ".rs:" in location:
-        return "maas generated protobuf code"
-    if "/rustc/" in location:
-        m = re.search(r"library/([a-z_]+)/", location)
-        return "Rust std (" + (m.group(1) if m else "?") + ")"
-    if "vdso" in location or "[vdso" in location:
-        return "vdso (clock)"
-    return "other"
+    # "file:function [object]": the function's path
+    func = location.split(":", 1)[1] if ":" in location else location
+    func = func.split(" [", 1)[0].lstrip("<&*( ")
+    if "::" not in func:
+        return "other C code (" + func.split("(")[0][:24] + ")" if func and not func.startswith("0x") else "other (no symbol)"
+    parts = re.split(r"::|<| as ", func)
+    crate = parts[0] if parts else "?"
+    if crate == "maas":
+        return "maas::" + "::".join(p for p in parts[1:3] if p and p[0].islower())
+    if crate in ("core", "alloc", "std", "__rustc"):
+        return "Rust std (" + crate + ")"
+    if not crate or crate.startswith("0x") or crate == "???":
+        return "other (no symbol)"
+    return "crate " + crate.replace("_", "-")
 
 
 def main() -> None:
@@ -56,7 +58,7 @@ def main() -> None:
         totals[group(where)] += n
     print(f"{'where (self cost)':45} {'instructions':>14} {'share':>7}" + (f" {'per request':>12}" if requests else ""))
     for name, n in sorted(totals.items(), key=lambda kv: -kv[1]):
-        if n * 1000 < program:
+        if n * 1000 < program and not name.startswith("maas"):
             continue
         row = f"{name:45} {n:>14,} {100.0 * n / program:>6.1f}%"
         if requests:
