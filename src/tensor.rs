@@ -159,6 +159,32 @@ impl Tensor {
     }
 }
 
+/// A vector of fixed-width values seen as its bytes.
+struct PodVec<T>(Vec<T>);
+
+impl<T: bytemuck::Pod> AsRef<[u8]> for PodVec<T> {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
+    }
+}
+
+/// The little-endian bytes of `values`: on little-endian machines the vector itself, without a copy
+/// (and aligned for `T`, so ONNX Runtime can read it in place too).
+pub fn le_bytes<T: bytemuck::Pod + Send + 'static>(values: Vec<T>) -> Bytes {
+    if cfg!(target_endian = "little") {
+        Bytes::from_owner(PodVec(values))
+    } else {
+        let size = std::mem::size_of::<T>();
+        let mut out = Vec::with_capacity(values.len() * size);
+        for v in &values {
+            let mut b = bytemuck::bytes_of(v).to_vec();
+            b.reverse();
+            out.extend_from_slice(&b);
+        }
+        Bytes::from(out)
+    }
+}
+
 /// Formats a shape as `[2, 8]`, with `-1` for dynamic dimensions.
 pub fn fmt_shape(shape: &[i64]) -> String {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();

@@ -73,34 +73,16 @@ pub fn decode(ctx: &str, name: &str, t: TensorProto) -> Result<Tensor, Error> {
 
     let sh = fmt_shape(&shape);
     let data = match dtype {
-        DType::F32 => typed(&t.float_val, "float_val", n, &sh, |v, out| {
-            out.extend_from_slice(&v.to_le_bytes());
-            Ok(())
-        }),
-        DType::F64 => typed(&t.double_val, "double_val", n, &sh, |v, out| {
-            out.extend_from_slice(&v.to_le_bytes());
-            Ok(())
-        }),
+        DType::F32 => whole(t.float_val, "float_val", n, &sh),
+        DType::F64 => whole(t.double_val, "double_val", n, &sh),
         DType::I8 => typed(&t.int_val, "int_val", n, &sh, |v, out| narrow::<i8>(v, out, "DT_INT8")),
         DType::I16 => typed(&t.int_val, "int_val", n, &sh, |v, out| narrow::<i16>(v, out, "DT_INT16")),
         DType::U8 => typed(&t.int_val, "int_val", n, &sh, |v, out| narrow::<u8>(v, out, "DT_UINT8")),
         DType::U16 => typed(&t.int_val, "int_val", n, &sh, |v, out| narrow::<u16>(v, out, "DT_UINT16")),
-        DType::I32 => typed(&t.int_val, "int_val", n, &sh, |v, out| {
-            out.extend_from_slice(&v.to_le_bytes());
-            Ok(())
-        }),
-        DType::I64 => typed(&t.int64_val, "int64_val", n, &sh, |v, out| {
-            out.extend_from_slice(&v.to_le_bytes());
-            Ok(())
-        }),
-        DType::U32 => typed(&t.uint32_val, "uint32_val", n, &sh, |v, out| {
-            out.extend_from_slice(&v.to_le_bytes());
-            Ok(())
-        }),
-        DType::U64 => typed(&t.uint64_val, "uint64_val", n, &sh, |v, out| {
-            out.extend_from_slice(&v.to_le_bytes());
-            Ok(())
-        }),
+        DType::I32 => whole(t.int_val, "int_val", n, &sh),
+        DType::I64 => whole(t.int64_val, "int64_val", n, &sh),
+        DType::U32 => whole(t.uint32_val, "uint32_val", n, &sh),
+        DType::U64 => whole(t.uint64_val, "uint64_val", n, &sh),
         DType::Bool => typed(&t.bool_val, "bool_val", n, &sh, |v, out| {
             out.push(u8::from(v));
             Ok(())
@@ -141,6 +123,23 @@ fn check_count(count: usize, field: &str, n: usize, shape: &str) -> Result<Fill,
     }
 }
 
+/// A typed field of the tensor's own element type: the values become the tensor's bytes without a
+/// copy (a single value is broadcast).
+fn whole<T: bytemuck::Pod + Send + 'static>(
+    vals: Vec<T>,
+    field: &str,
+    n: usize,
+    shape: &str,
+) -> Result<TensorData, String> {
+    match check_count(vals.len(), field, n, shape)? {
+        Fill::Exact => Ok(TensorData::Raw(crate::tensor::le_bytes(vals))),
+        Fill::Broadcast => typed(&vals, field, n, shape, |v, out| {
+            out.extend_from_slice(crate::tensor::le_bytes(vec![v]).as_ref());
+            Ok(())
+        }),
+    }
+}
+
 /// Encodes typed values as raw little-endian bytes, broadcasting a single value.
 fn typed<T: Copy>(
     vals: &[T],
@@ -150,7 +149,7 @@ fn typed<T: Copy>(
     mut put: impl FnMut(T, &mut Vec<u8>) -> Result<(), String>,
 ) -> Result<TensorData, String> {
     let fill = check_count(vals.len(), field, n, shape)?;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(n);
     match fill {
         Fill::Exact => {
             for &v in vals {

@@ -5,7 +5,7 @@
 use super::v2_types::{dtype_from_v2, dtype_to_v2, supported_v2};
 use crate::error::Error;
 use crate::proto::inference::InferTensorContents;
-use crate::tensor::{element_count, fmt_shape, DType, Tensor, TensorData};
+use crate::tensor::{element_count, fmt_shape, le_bytes, DType, Tensor, TensorData};
 use bytes::{Bytes, BytesMut};
 
 /// Parses a v2 datatype string.
@@ -102,7 +102,13 @@ pub fn decode_typed(
                 Ok(())
             })
         }),
-        DType::I8 | DType::I16 | DType::I32 => count(&c.int_contents, "int_contents", n, &sh).and_then(|()| {
+        DType::I32 => {
+            count(&c.int_contents, "int_contents", n, &sh).map(|()| TensorData::Raw(le_bytes(c.int_contents)))
+        }
+        DType::U32 => {
+            count(&c.uint_contents, "uint_contents", n, &sh).map(|()| TensorData::Raw(le_bytes(c.uint_contents)))
+        }
+        DType::I8 | DType::I16 => count(&c.int_contents, "int_contents", n, &sh).and_then(|()| {
             le(&c.int_contents, |x, o| {
                 match dtype {
                     DType::I8 => {
@@ -116,7 +122,7 @@ pub fn decode_typed(
                 Ok(())
             })
         }),
-        DType::U8 | DType::U16 | DType::U32 => count(&c.uint_contents, "uint_contents", n, &sh).and_then(|()| {
+        DType::U8 | DType::U16 => count(&c.uint_contents, "uint_contents", n, &sh).and_then(|()| {
             le(&c.uint_contents, |x, o| {
                 match dtype {
                     DType::U8 => {
@@ -130,30 +136,18 @@ pub fn decode_typed(
                 Ok(())
             })
         }),
-        DType::I64 => count(&c.int64_contents, "int64_contents", n, &sh).and_then(|()| {
-            le(&c.int64_contents, |x, o| {
-                o.extend_from_slice(&x.to_le_bytes());
-                Ok(())
-            })
-        }),
-        DType::U64 => count(&c.uint64_contents, "uint64_contents", n, &sh).and_then(|()| {
-            le(&c.uint64_contents, |x, o| {
-                o.extend_from_slice(&x.to_le_bytes());
-                Ok(())
-            })
-        }),
-        DType::F32 => count(&c.fp32_contents, "fp32_contents", n, &sh).and_then(|()| {
-            le(&c.fp32_contents, |x, o| {
-                o.extend_from_slice(&x.to_le_bytes());
-                Ok(())
-            })
-        }),
-        DType::F64 => count(&c.fp64_contents, "fp64_contents", n, &sh).and_then(|()| {
-            le(&c.fp64_contents, |x, o| {
-                o.extend_from_slice(&x.to_le_bytes());
-                Ok(())
-            })
-        }),
+        DType::I64 => {
+            count(&c.int64_contents, "int64_contents", n, &sh).map(|()| TensorData::Raw(le_bytes(c.int64_contents)))
+        }
+        DType::U64 => {
+            count(&c.uint64_contents, "uint64_contents", n, &sh).map(|()| TensorData::Raw(le_bytes(c.uint64_contents)))
+        }
+        DType::F32 => {
+            count(&c.fp32_contents, "fp32_contents", n, &sh).map(|()| TensorData::Raw(le_bytes(c.fp32_contents)))
+        }
+        DType::F64 => {
+            count(&c.fp64_contents, "fp64_contents", n, &sh).map(|()| TensorData::Raw(le_bytes(c.fp64_contents)))
+        }
         DType::String => {
             count(&c.bytes_contents, "bytes_contents", n, &sh).map(|()| TensorData::Strings(c.bytes_contents))
         }
