@@ -8,7 +8,8 @@
 #
 # Cases: resnet50 (batch 1) at concurrency 1 and 4, numbers_classifier at 1 and 16 (TF Serving
 # Predict and KServe v2 ModelInfer), wide_mlp at 1 and 16 (TF), and numbers_classifier at 64
-# unbatched vs a second server with --enable-batching. One table at the end; the JSON reports,
+# unbatched vs a second server with --enable-batching; then numbers_classifier and wide_mlp at 1 and
+# 16 against a Python server (scripts/python_baseline_server.py). Tables at the end; the JSON reports,
 # server logs and generated models stay in a temporary directory (printed).
 #
 # Usage: scripts/bench.sh [--seconds S] [--warmup-seconds W] [--connections K]
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 SECS=10
 WARMUP=1
 CONNECTIONS=1
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) SECS=$2; shift 2 ;;
@@ -153,13 +154,53 @@ else
   grep -m3 -i "error" "$LOGS/server-batched.log" >&2 || tail -3 "$LOGS/server-batched.log" >&2
 fi
 
+# A Python model server for comparison: grpcio with a thread pool and onnxruntime's Python API, the same
+# session options (scripts/python_baseline_server.py), pinned to CPU 0 like maas, same load generator.
+PYCASES=""
+if ! "$PY" -c 'import onnxruntime' 2>/dev/null; then
+  echo "bench.sh: installing onnxruntime==1.31.1 (Python) into .venv for the Python baseline"
+  "$PY" -m pip install --quiet --disable-pip-version-check onnxruntime==1.31.1 \
+    || echo "bench.sh: cannot install onnxruntime for Python; the Python baseline is skipped" >&2
+fi
+if "$PY" -c 'import onnxruntime' 2>/dev/null; then
+  for model in numbers_classifier wide_mlp; do
+    "$PY" scripts/python_baseline_server.py --model-path "$REPO/$model/1/model.onnx" --name "$model" \
+      --write-request "$WORK/$model.request.pb"
+    log=$LOGS/python-$model.log
+    taskset -c 0 "$PY" scripts/python_baseline_server.py --model-path "$REPO/$model/1/model.onnx" --name "$model" \
+      --port 0 >"$log" 2>&1 &
+    pypid=$!
+    PIDS+=("$pypid")
+    for _ in $(seq 300); do grep -q "serving" "$log" && break; sleep 0.1; done
+    pyaddr=$(grep -o '127.0.0.1:[0-9]*' "$log" | head -1)
+    if [ -z "$pyaddr" ]; then
+      echo "bench.sh: the Python baseline server did not start; see $log" >&2
+      FAILED=1
+      continue
+    fi
+    for c in 1 16; do
+      label=$model-python-c$c
+      echo "bench.sh: $label: load (python baseline, concurrency $c, ${SECS} s)"
+      if ! taskset -c 1 "$MAAS" bench load --address "$pyaddr" --request-file "$WORK/$model.request.pb" \
+        --concurrency "$c" --seconds "$SECS" --warmup-seconds "$WARMUP" --server-pid "$pypid" \
+        --json >"$RESULTS/$label.load.json" 2>"$LOGS/$label.load.log"; then
+        echo "bench.sh: $label: the load run failed; see $LOGS/$label.load.log" >&2
+        FAILED=1
+      fi
+      PYCASES="$PYCASES $model:$c"
+    done
+    kill "$pypid" 2>/dev/null || true
+    wait "$pypid" 2>/dev/null || true
+  done
+fi
+
 echo
 echo "maas vs in-process ONNX Runtime: 1 session, 1 intra-op + 1 inter-op thread, ${SECS} s per run after ${WARMUP} s warmup (resnet50: $(run_secs resnet50) s after $(warmup_secs resnet50) s)"
 echo "(server on CPU 0, load generator on CPU 1, in-process on CPU 0; latencies in us; CPU in us per request)"
-"$PY" - "$RESULTS" "$BATCHED" "${CASES[@]}" <<'PY'
+"$PY" - "$RESULTS" "$BATCHED" "$PYCASES" "${CASES[@]}" <<'PY'
 import json, os, sys
 
-results, batched, cases = sys.argv[1], sys.argv[2], sys.argv[3:]
+results, batched, pycases, cases = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4:]
 
 def load(label, kind):
     try:
@@ -207,6 +248,23 @@ if batched:
               f'(p99 {b["latency_us"]["p99"]:.0f} vs {u["latency_us"]["p99"]:.0f} us)')
 else:
     print("numbers_classifier c=64 batched: skipped (the server rejected the batching flags)")
+if pycases:
+    print()
+    print("maas vs a Python server (grpcio + onnxruntime Python API, same session options, pinned to CPU 0), TF Predict:")
+    head = ["model", "c", "maas req/s", "python req/s", "maas/python", "maas p50/p99", "python p50/p99",
+            "maas CPU", "python CPU", "errors"]
+    rows = []
+    for case in pycases:
+        model, c = case.split(":")
+        m, p = load(f"{model}-tf-c{c}", "load"), load(f"{model}-python-c{c}", "load")
+        mr = m["requests_per_second"] if m else None
+        pr = p["requests_per_second"] if p else None
+        lat = lambda r: "-" if r is None else f'{r["latency_us"]["p50"]:.0f}/{r["latency_us"]["p99"]:.0f}'
+        rows.append([model, c, num(mr), num(pr), num(mr / pr if mr and pr else None, "{:.2f}"), lat(m), lat(p),
+                     num(cpu(m), "{:.1f}"), num(cpu(p), "{:.1f}"), str(p["errors"] if p else "FAILED")])
+    widths = [max(len(r[k]) for r in rows + [head]) for k in range(len(head))]
+    for r in [head] + rows:
+        print("  ".join(v.rjust(w) if k >= 1 else v.ljust(w) for k, (v, w) in enumerate(zip(r, widths))))
 PY
 echo
 echo "models:  $REPO"
