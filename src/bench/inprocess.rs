@@ -7,12 +7,11 @@
 use super::report::{Cpu, Recorder, Report};
 use super::synth::synthesize;
 use super::{check_counts, sample_cpu, Window};
-use crate::tensor::{fmt_shape, DType, Tensor, TensorData, TensorSpec};
+use crate::tensor::{fmt_shape, DType, Tensor, TensorData};
 use clap::Args;
 use half::{bf16, f16};
-use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, ValueType};
+use ort::value::{DynValue, PrimitiveTensorElementType};
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
@@ -99,15 +98,7 @@ pub fn run(a: &InprocessArgs) -> Result<Report, String> {
     }
     let env = crate::runtime::env::init(a.ort_lib.as_deref())?;
     // The options of runtime::Servable::load.
-    let ort_err = |what: &str, e: ort::Error| format!("{what}: {e}");
-    let mut builder = Session::builder(env)
-        .map_err(|e| ort_err("could not create a session builder", e))?
-        .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(|e| ort_err("could not set the optimization level", e.into()))?
-        .with_intra_threads(a.intra_op_threads)
-        .map_err(|e| ort_err("could not set intra-op threads", e.into()))?
-        .with_inter_threads(a.inter_op_threads)
-        .map_err(|e| ort_err("could not set inter-op threads", e.into()))?;
+    let mut builder = crate::runtime::session_builder(env, a.intra_op_threads, a.inter_op_threads)?;
     let mut sessions = Vec::with_capacity(a.sessions);
     for _ in 0..a.sessions {
         sessions.push(
@@ -116,7 +107,7 @@ pub fn run(a: &InprocessArgs) -> Result<Report, String> {
                 .map_err(|e| format!("ONNX Runtime could not load {}: {e}", path.display()))?,
         );
     }
-    let specs = input_specs(&sessions[0])?;
+    let specs = crate::runtime::signature_of(&sessions[0])?.inputs;
     let tensors = synthesize(&specs, a.rows)?;
     let model = path
         .parent()
@@ -199,43 +190,6 @@ fn run_once(session: &mut Session, values: &[(String, DynValue)]) -> Result<(), 
     let inputs: Vec<(&str, SessionInputValue<'_>)> =
         values.iter().map(|(name, v)| (name.as_str(), SessionInputValue::from(v))).collect();
     session.run(inputs).map(drop)
-}
-
-/// The session's inputs as core specs (`-1` for dynamic dimensions).
-fn input_specs(session: &Session) -> Result<Vec<TensorSpec>, String> {
-    session
-        .inputs()
-        .iter()
-        .map(|o| match o.dtype() {
-            ValueType::Tensor { ty, shape, .. } => Ok(TensorSpec {
-                name: o.name().to_string(),
-                dtype: dtype_of(*ty)
-                    .ok_or_else(|| format!("input '{}' has element type {ty:?}, which maas cannot serve", o.name()))?,
-                shape: shape.iter().copied().collect(),
-            }),
-            other => Err(format!("input '{}' is a {other}; maas serves tensor inputs only", o.name())),
-        })
-        .collect()
-}
-
-fn dtype_of(ty: TensorElementType) -> Option<DType> {
-    Some(match ty {
-        TensorElementType::Float32 => DType::F32,
-        TensorElementType::Float64 => DType::F64,
-        TensorElementType::Float16 => DType::F16,
-        TensorElementType::Bfloat16 => DType::BF16,
-        TensorElementType::Int8 => DType::I8,
-        TensorElementType::Int16 => DType::I16,
-        TensorElementType::Int32 => DType::I32,
-        TensorElementType::Int64 => DType::I64,
-        TensorElementType::Uint8 => DType::U8,
-        TensorElementType::Uint16 => DType::U16,
-        TensorElementType::Uint32 => DType::U32,
-        TensorElementType::Uint64 => DType::U64,
-        TensorElementType::Bool => DType::Bool,
-        TensorElementType::String => DType::String,
-        _ => return None,
-    })
 }
 
 /// Owned ONNX Runtime values for the synthesized tensors.

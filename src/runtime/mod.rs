@@ -8,6 +8,7 @@ mod servable;
 pub mod settings;
 
 pub use providers::Provider;
+pub(crate) use servable::{session_builder, signature_of};
 pub use servable::{LoadError, Servable, Stats, StatsSnapshot};
 pub use settings::BatchingConfig;
 

@@ -11,7 +11,7 @@ use super::{settings, RuntimeConfig};
 use crate::error::Error;
 use crate::tensor::{fmt_shape, InferRequest, InferResponse, Signature, Tensor, TensorData, TensorSpec};
 use ort::environment::Environment;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{Outlet, ValueType};
 use std::path::{Path, PathBuf};
@@ -155,17 +155,9 @@ impl Servable {
             return Err(LoadError::new(Code::NotFound, format!("model file {} does not exist", path.display())));
         }
         let cfg = &settings::for_version(cfg, path).map_err(|m| LoadError::new(Code::InvalidArgument, m))?;
-        let ort_err = |what: &str, e: ort::Error| format!("{what}: {e}");
-        let builder = Session::builder(env)
-            .map_err(|e| ort_err("could not create a session builder", e))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| ort_err("could not set the optimization level", e.into()))?
-            .with_intra_threads(cfg.intra_op_threads)
-            .map_err(|e| ort_err("could not set intra-op threads", e.into()))?
-            .with_inter_threads(cfg.inter_op_threads)
-            .map_err(|e| ort_err("could not set inter-op threads", e.into()))?
+        let builder = session_builder(env, cfg.intra_op_threads, cfg.inter_op_threads)?
             .with_log_id(format!("{model}:{version}"))
-            .map_err(|e| ort_err("could not set the log id", e.into()))?;
+            .map_err(|e| format!("could not set the log id: {e}"))?;
         let (mut builder, providers) =
             providers::register(builder, cfg).map_err(|m| LoadError::new(Code::FailedPrecondition, m))?;
         let pool_size = cfg.sessions();
@@ -475,7 +467,22 @@ fn spec_of(outlet: &Outlet, kind: &str) -> Result<TensorSpec, String> {
     }
 }
 
-fn signature_of(session: &Session) -> Result<Signature, String> {
+/// A session builder with maas's session options: full graph optimization, the given intra- and
+/// inter-op threads (the in-process benchmark uses the same).
+pub(crate) fn session_builder(env: &Environment, intra: usize, inter: usize) -> Result<SessionBuilder, String> {
+    let ort_err = |what: &str, e: ort::Error| format!("{what}: {e}");
+    Session::builder(env)
+        .map_err(|e| ort_err("could not create a session builder", e))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| ort_err("could not set the optimization level", e.into()))?
+        .with_intra_threads(intra)
+        .map_err(|e| ort_err("could not set intra-op threads", e.into()))?
+        .with_inter_threads(inter)
+        .map_err(|e| ort_err("could not set inter-op threads", e.into()))
+}
+
+/// The signature of a loaded session.
+pub(crate) fn signature_of(session: &Session) -> Result<Signature, String> {
     Ok(Signature {
         inputs: session.inputs().iter().map(|o| spec_of(o, "input")).collect::<Result<_, _>>()?,
         outputs: session.outputs().iter().map(|o| spec_of(o, "output")).collect::<Result<_, _>>()?,
