@@ -142,6 +142,23 @@ pub struct ServeArgs {
     #[arg(long, alias = "max_message_size_bytes", default_value_t = 1 << 30, value_name = "BYTES")]
     pub max_message_size_bytes: usize,
 
+    /// Largest total size of one request's decoded input tensors, in bytes (all inputs together,
+    /// counting a broadcast value at its expanded size, strings by count and bytes, and batch
+    /// padding). Larger requests get RESOURCE_EXHAUSTED / HTTP 413 before anything is allocated.
+    /// Default: the --max-message-size-bytes value.
+    #[arg(long, alias = "max_tensor_bytes", value_name = "BYTES")]
+    pub max_tensor_bytes: Option<usize>,
+
+    /// Times each recorded warmup request (`assets.extra/tf_serving_warmup_requests`) is replayed on
+    /// every session before a version becomes AVAILABLE.
+    #[arg(long, alias = "num_request_iterations_for_warmup", default_value_t = 1, value_name = "N")]
+    pub num_request_iterations_for_warmup: u32,
+
+    /// TensorRT engine cache root; one sub-directory per version key (files, ONNX Runtime version,
+    /// provider options, device). Default: `$XDG_CACHE_HOME/maas/trt` (or `~/.cache/maas/trt`).
+    #[arg(long, alias = "trt_engine_cache_dir", value_name = "DIR")]
+    pub trt_engine_cache_dir: Option<PathBuf>,
+
     /// Reply to Predict with raw `tensor_content` instead of typed `*_val` fields.
     #[arg(long, alias = "enable_serialization_as_tensor_content")]
     pub enable_serialization_as_tensor_content: bool,
@@ -260,11 +277,14 @@ impl ServeArgs {
                     inter_op_threads: self.inter_op_threads,
                     max_in_flight: self.max_in_flight_requests,
                     batching,
+                    max_tensor_bytes: self.max_tensor_bytes.unwrap_or(self.max_message_size_bytes),
+                    trt_engine_cache_dir: self.trt_engine_cache_dir.clone(),
                 },
                 num_load_threads: self.num_load_threads,
                 max_load_retries: self.max_num_load_retries,
                 load_retry_interval: Duration::from_micros(self.load_retry_interval_micros),
                 enable_warmup: self.enable_model_warmup,
+                warmup_iterations: self.num_request_iterations_for_warmup,
                 allow_labels_for_unavailable: self.allow_version_labels_for_unavailable_models,
                 poll_interval: (!poll.is_zero()).then_some(poll),
             },

@@ -76,6 +76,8 @@ pub struct ManagerConfig {
     pub max_load_retries: u32,
     pub load_retry_interval: Duration,
     pub enable_warmup: bool,
+    /// Replays of each recorded warmup request on every session (`--num-request-iterations-for-warmup`).
+    pub warmup_iterations: u32,
     /// Let a label point at a version that is not AVAILABLE (only for labels that are new).
     pub allow_labels_for_unavailable: bool,
     /// Repository scan period; `None` = scan once at start (and when asked to).
@@ -97,6 +99,7 @@ impl Default for ManagerConfig {
             max_load_retries: 5,
             load_retry_interval: Duration::from_secs(60),
             enable_warmup: true,
+            warmup_iterations: 1,
             allow_labels_for_unavailable: false,
             poll_interval: Some(Duration::from_secs(1)),
         }

@@ -31,6 +31,10 @@ pub struct RuntimeConfig {
     pub max_in_flight: usize,
     /// Dynamic batching (None = off).
     pub batching: Option<BatchingConfig>,
+    /// Largest total size of one request's decoded inputs (and of a padded request in a batch).
+    pub max_tensor_bytes: usize,
+    /// TensorRT engine cache root (None = the default under `$XDG_CACHE_HOME`).
+    pub trt_engine_cache_dir: Option<std::path::PathBuf>,
 }
 
 impl RuntimeConfig {
@@ -55,6 +59,8 @@ impl Default for RuntimeConfig {
             inter_op_threads: 1,
             max_in_flight: 0,
             batching: None,
+            max_tensor_bytes: 1 << 30,
+            trt_engine_cache_dir: None,
         }
     }
 }
