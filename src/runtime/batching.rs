@@ -11,7 +11,8 @@
 //! `max_enqueued_batches`: a request that would need one more batch gets UNAVAILABLE at once. The queue
 //! lock is held only to push or pop, never while a batch runs, and never on the async reactor for
 //! longer than a push.
-use super::padding::{max_dims, merge_tensors, padded_bytes, slice_rows, trim_dim1, InputCost, MergeError, Padding};
+use super::merge::{merge_tensors, slice_rows, trim_dim1, MergeError};
+use super::padding::{max_dims, padded_bytes, InputCost, Padding};
 use super::servable::{InFlight, Servable};
 use super::settings::BatchingConfig;
 use crate::error::Error;

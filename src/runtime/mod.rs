@@ -3,6 +3,7 @@
 mod batching;
 mod convert;
 pub mod env;
+mod merge;
 mod padding;
 mod providers;
 mod servable;
