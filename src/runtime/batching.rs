@@ -16,7 +16,7 @@ use super::padding::{max_dims, padded_bytes, InputCost, Padding};
 use super::servable::{InFlight, Servable};
 use super::settings::BatchingConfig;
 use crate::error::Error;
-use crate::tensor::{fmt_shape, InferRequest, InferResponse, Signature, Tensor};
+use crate::tensor::{fmt_shape, InferRequest, InferResponse, Signature, Tensor, TensorSpec};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -329,7 +329,10 @@ fn run_batch(servable: &Servable, cfg: &BatchingConfig, padding: &Padding, sessi
     let run_rows = cfg.padded_rows(rows);
     let result = merge(servable, padding, &live, run_rows)
         .and_then(|req| servable.run_on_session(session, &req))
-        .and_then(|resp| split(servable, padding, resp, &live, run_rows));
+        .and_then(|resp| {
+            let tasks: Vec<(usize, &[Tensor])> = live.iter().map(|t| (t.rows, &t.inputs[..])).collect();
+            split(&servable.what(), &servable.signature.inputs, padding, resp, &tasks, run_rows)
+        });
     match result {
         Ok(parts) => {
             for (t, outputs) in live.into_iter().zip(parts) {
@@ -377,14 +380,15 @@ fn merge(servable: &Servable, padding: &Padding, tasks: &[Task], run_rows: usize
 
 /// Splits every output of the batch back into the tasks' rows, and cuts each `trim_outputs` output's
 /// dimension 1 back to the request's own length of its input's dimension 1.
+/// `tasks` are each request's rows and inputs (in the order of `inputs`, the signature's).
 fn split(
-    servable: &Servable,
+    what: &str,
+    inputs: &[TensorSpec],
     padding: &Padding,
     resp: InferResponse,
-    tasks: &[Task],
+    tasks: &[(usize, &[Tensor])],
     run_rows: usize,
 ) -> Result<Vec<Vec<(String, Tensor)>>, Error> {
-    let what = servable.what();
     let mut parts: Vec<Vec<(String, Tensor)>> = tasks.iter().map(|_| Vec::with_capacity(resp.outputs.len())).collect();
     for (name, t) in resp.outputs {
         if t.shape.first().copied() != i64::try_from(run_rows).ok() {
@@ -396,12 +400,12 @@ fn split(
         }
         // (input index, the batch's length of its dimension 1) when this output is trimmed.
         let trim = padding.trim_of(&name).map(|i| {
-            let len = |task: &Task| task.inputs[i].shape.get(1).copied().unwrap_or(0);
+            let len = |&(_, inputs): &(usize, &[Tensor])| inputs[i].shape.get(1).copied().unwrap_or(0);
             (i, tasks.iter().map(len).max().unwrap_or(0))
         });
         if let Some((i, padded)) = trim {
             if t.shape.get(1) != Some(&padded) {
-                let input = &servable.signature.inputs[i].name;
+                let input = &inputs[i].name;
                 return Err(Error::FailedPrecondition(format!(
                     "{what}: output '{name}' has shape {} in a batch whose input '{input}' has length {padded} in \
                      dimension 1, so it cannot be cut back to each request's length; trim_outputs in maas.pbtxt \
@@ -411,15 +415,15 @@ fn split(
             }
         }
         let mut offset = 0;
-        for (task, out) in tasks.iter().zip(parts.iter_mut()) {
+        for (&(rows, task_inputs), out) in tasks.iter().zip(parts.iter_mut()) {
             let cut = |e: String| Error::Internal(format!("{what}: splitting output '{name}': {e}"));
-            let mut part = slice_rows(&t, offset, task.rows, run_rows).map_err(cut)?;
+            let mut part = slice_rows(&t, offset, rows, run_rows).map_err(cut)?;
             if let Some((i, _)) = trim {
-                let own = task.inputs[i].shape.get(1).map_or(0, |&d| d.max(0) as usize);
+                let own = task_inputs[i].shape.get(1).map_or(0, |&d| d.max(0) as usize);
                 part = trim_dim1(&part, own).map_err(cut)?;
             }
             out.push((name.clone(), part));
-            offset += task.rows;
+            offset += rows;
         }
     }
     Ok(parts)
@@ -444,9 +448,102 @@ fn select(servable: &Servable, mut outputs: Vec<(String, Tensor)>, wanted: &[Str
 mod tests {
     use super::*;
 
+    use crate::runtime::settings::BatchingConfig;
+    use crate::tensor::{DType, TensorData};
+    use bytes::Bytes;
+
+    fn tensor<T: bytemuck::Pod>(dtype: DType, shape: &[i64], v: &[T]) -> Tensor {
+        Tensor::new(dtype, shape.to_vec(), TensorData::Raw(Bytes::copy_from_slice(bytemuck::cast_slice(v)))).unwrap()
+    }
+
+    fn raw(t: &Tensor) -> &Bytes {
+        match &t.data {
+            TensorData::Raw(b) => b,
+            TensorData::Strings(_) => panic!("strings"),
+        }
+    }
+
+    /// A BERT-like signature, trimming `hidden` (rank 3) and `ids` (rank 2) to `input_ids`.
+    fn bert() -> (Vec<TensorSpec>, Padding) {
+        let spec = |name: &str, dtype, shape: &[i64]| TensorSpec { name: name.into(), dtype, shape: shape.to_vec() };
+        let sig = Signature {
+            inputs: vec![spec("input_ids", DType::I64, &[-1, -1])],
+            outputs: vec![
+                spec("hidden", DType::F32, &[-1, -1, 2]),
+                spec("ids", DType::I64, &[-1, -1]),
+                spec("pooled", DType::F32, &[-1, 2]),
+            ],
+        };
+        let mut cfg = BatchingConfig::default();
+        for out in ["hidden", "ids"] {
+            cfg.trim_outputs.insert(out.into(), "input_ids".into());
+        }
+        let padding = Padding::resolve(&cfg, &sig).unwrap();
+        (sig.inputs, padding)
+    }
+
+    #[test]
+    fn split_cuts_trimmed_outputs_back_to_each_requests_length() {
+        let (inputs, padding) = bert();
+        // Requests of 1 row x 2 tokens, 2 rows x 3 tokens, 1 row x 1 token: a batch of [4, 3].
+        let reqs = [
+            tensor(DType::I64, &[1, 2], &[1i64, 2]),
+            tensor(DType::I64, &[2, 3], &[3i64, 4, 5, 6, 7, 8]),
+            tensor(DType::I64, &[1, 1], &[9i64]),
+        ];
+        let tasks: Vec<(usize, &[Tensor])> =
+            reqs.iter().map(|t| (t.shape[0] as usize, std::slice::from_ref(t))).collect();
+        let hidden: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let ids = [1i64, 2, 0, 3, 4, 5, 6, 7, 8, 9, 0, 0];
+        let out = |hidden: Tensor| InferResponse {
+            outputs: vec![
+                ("hidden".into(), hidden),
+                ("ids".into(), tensor(DType::I64, &[4, 3], &ids)),
+                ("pooled".into(), tensor(DType::F32, &[4, 2], &[0f32; 8])),
+            ],
+        };
+        let batch = tensor(DType::F32, &[4, 3, 2], &hidden);
+        let parts = split("m", &inputs, &padding, out(batch.clone()), &tasks, 4).unwrap();
+        let shapes: Vec<Vec<Vec<i64>>> =
+            parts.iter().map(|p| p.iter().map(|(_, t)| t.shape.clone()).collect()).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                vec![vec![1, 2, 2], vec![1, 2], vec![1, 2]],
+                vec![vec![2, 3, 2], vec![2, 3], vec![2, 2]],
+                vec![vec![1, 1, 2], vec![1, 1], vec![1, 2]],
+            ]
+        );
+        assert_eq!(parts[0][1].1, reqs[0]);
+        assert_eq!(parts[1][1].1, reqs[1]);
+        assert_eq!(parts[2][1].1, reqs[2]);
+        assert_eq!(parts[0][0].1, tensor(DType::F32, &[1, 2, 2], &[0f32, 1., 2., 3.]));
+        assert_eq!(parts[2][0].1, tensor(DType::F32, &[1, 1, 2], &[18f32, 19.]));
+        // One-row requests and untrimmed requests are slices of the batch's buffer.
+        assert_eq!(raw(&parts[0][0].1).as_ptr(), raw(&batch).as_ptr());
+        assert_eq!(raw(&parts[1][0].1).as_ptr(), raw(&batch)[24..].as_ptr());
+        assert_eq!(raw(&parts[2][0].1).as_ptr(), raw(&batch)[72..].as_ptr());
+
+        // An output that does not follow its input: a precise error, no panic.
+        for shape in [vec![4, 2, 2], vec![4, 4, 1]] {
+            let e = split("m", &inputs, &padding, out(tensor(DType::F32, &shape, &[0f32; 16])), &tasks, 4).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "m: output 'hidden' has shape {} in a batch whose input 'input_ids' has length 3 in dimension 1, \
+                     so it cannot be cut back to each request's length; trim_outputs in maas.pbtxt says that \
+                     dimension 1 of 'hidden' follows dimension 1 of 'input_ids', and it does not",
+                    fmt_shape(&shape)
+                )
+            );
+        }
+        let e = split("m", &inputs, &padding, out(tensor(DType::F32, &[4], &[0f32; 4])), &tasks, 4).unwrap_err();
+        assert!(e.to_string().starts_with("m: output 'hidden' has shape [4] in a batch whose"), "{e}");
+    }
+
     #[test]
     fn only_dynamic_first_dimensions_batch() {
-        use crate::tensor::{DType, TensorSpec};
         let spec =
             |name: &str, shape: &[i64]| TensorSpec { name: name.into(), dtype: DType::F32, shape: shape.to_vec() };
         let sig = Signature { inputs: vec![spec("x", &[-1, 4])], outputs: vec![spec("y", &[-1])] };

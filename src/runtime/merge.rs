@@ -4,8 +4,7 @@
 //!
 //! Every size here comes from a client's shapes, so it is computed with checked arithmetic, and every
 //! buffer is reserved with `try_reserve`: a batch too large for memory is an error, never an abort.
-use crate::tensor::TensorData;
-use crate::tensor::{fmt_shape, DType, Tensor};
+use crate::tensor::{fmt_shape, DType, Tensor, TensorData};
 use bytes::Bytes;
 
 /// Why tensors could not be merged.
