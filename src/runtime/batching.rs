@@ -219,8 +219,9 @@ impl Batcher {
         let joins = fits(costs) && (merged == b.dims || b.tasks.iter().all(|t| fits(&t.costs)));
         if !joins {
             tracing::debug!(
-                "a request of inner dimensions {dims:?} starts a batch of its own: padded to {merged:?} with the \
-                 batch's requests, one would exceed --max-tensor-bytes ({} bytes)",
+                "a request of inner dimensions {dims:?} does not join a batch of {:?}: padded to {merged:?}, it or \
+                 a request already there would exceed --max-tensor-bytes ({} bytes)",
+                b.dims,
                 self.max_tensor_bytes
             );
         }
