@@ -3,6 +3,8 @@
 mod batching;
 mod convert;
 pub mod env;
+mod merge;
+mod padding;
 mod providers;
 mod servable;
 pub mod settings;

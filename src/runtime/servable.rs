@@ -171,13 +171,23 @@ impl Servable {
         let signature = signature_of(&sessions[0]).map_err(|m| LoadError::new(Code::InvalidArgument, m))?;
         let batcher = match &cfg.batching {
             None => None,
-            Some(b) => match unbatchable(&signature) {
-                Some(why) => {
-                    tracing::info!(model, version, "not batched: {why}");
-                    None
+            Some(b) => {
+                // Checks pad_values and trim_outputs against the signature.
+                let batcher =
+                    Batcher::new(b.clone(), b.num_batch_threads.unwrap_or(pool_size), &signature, cfg.max_tensor_bytes)
+                        .map_err(|m| {
+                            let file = settings::settings_file(path)
+                                .unwrap_or_else(|| path.with_file_name(settings::SETTINGS_FILE));
+                            LoadError::new(Code::InvalidArgument, settings::invalid(&file, &m))
+                        })?;
+                match unbatchable(&signature) {
+                    Some(why) => {
+                        tracing::info!(model, version, "not batched: {why}");
+                        None
+                    }
+                    None => Some(batcher),
                 }
-                None => Some(Batcher::new(b.clone(), b.num_batch_threads.unwrap_or(pool_size))),
-            },
+            }
         };
         tracing::info!(model, version, path = %path.display(), sessions = pool_size, providers = %providers, "loaded model version");
         Ok(Servable {
