@@ -7,7 +7,7 @@ mod providers;
 mod servable;
 pub mod settings;
 
-pub use providers::Provider;
+pub use providers::{Provider, Registered};
 pub(crate) use servable::{session_builder, signature_of};
 pub use servable::{LoadError, Servable, Stats, StatsSnapshot};
 pub use settings::BatchingConfig;
