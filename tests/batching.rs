@@ -209,13 +209,19 @@ async fn per_model_settings_turn_batching_on_and_unbatchable_models_run_unbatche
     let mut cfg = test_config(dir.path());
     cfg.manager.runtime.batching = Some(BatchingConfig::default());
     let server = TestServer::ready(cfg).await;
-    let status = version_states(&server, "numbers_classifier").await;
-    assert!(
-        status[0].3.contains("with 1 session(s), batches of up to 4 rows (100000 µs timeout, 1 thread(s))"),
-        "{status:?}"
+    // maas's status route shows the settings in effect.
+    let route = |model: &str| format!("http://{}/maas/v1/models/{model}", server.rest_addr);
+    let v: serde_json::Value = reqwest::get(route("numbers_classifier")).await.unwrap().json().await.unwrap();
+    let version = &v["versions"][0];
+    assert_eq!(version["sessions"], 1, "{v}");
+    assert_eq!(
+        (&version["batching"]["max_batch_size"], &version["batching"]["batch_timeout_micros"]),
+        (&serde_json::json!(4), &serde_json::json!(100000)),
+        "{v}"
     );
-    let status = version_states(&server, "fixed_shape").await;
-    assert!(!status[0].3.contains("batches"), "{status:?}");
+    assert_eq!(version["batching"]["num_batch_threads"], 1, "{v}");
+    let v: serde_json::Value = reqwest::get(route("fixed_shape")).await.unwrap().json().await.unwrap();
+    assert_eq!(v["versions"][0]["batching"], serde_json::Value::Null, "{v}");
     let reqs: Vec<_> =
         (0..4).map(|i| predict_req("numbers_classifier", None, vec![("x", classifier_input(2, i))])).collect();
     for a in concurrently(&server, reqs).await {
