@@ -9,7 +9,7 @@ use crate::proto::tensorflow::serving::{
 use crate::proto::tensorflow::{tensor_info, SignatureDef, TensorInfo, TensorShapeProto};
 use crate::repository::config as model_config;
 use crate::runtime::Servable;
-use crate::tensor::{InferRequest, TensorSpec};
+use crate::tensor::{Budget, InferRequest, TensorSpec};
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,11 +26,20 @@ pub struct TfServing {
     manager: Arc<ModelManager>,
     tensor_content_output: bool,
     reload_timeout: Duration,
+    /// `--max-tensor-bytes`: the decoded inputs of one request, all together.
+    max_tensor_bytes: usize,
 }
 
 impl TfServing {
     pub fn new(manager: Arc<ModelManager>, tensor_content_output: bool, reload_timeout: Duration) -> TfServing {
-        TfServing { manager, tensor_content_output, reload_timeout }
+        let max_tensor_bytes = crate::runtime::RuntimeConfig::default().max_tensor_bytes;
+        TfServing { manager, tensor_content_output, reload_timeout, max_tensor_bytes }
+    }
+
+    /// Bounds the decoded inputs of one request (all together) to `bytes`.
+    pub fn with_max_tensor_bytes(mut self, bytes: usize) -> TfServing {
+        self.max_tensor_bytes = bytes;
+        self
     }
 
     /// Resolves a ModelSpec to a servable, checking the signature name.
@@ -107,8 +116,9 @@ impl PredictionService for TfServing {
         let servable = self.resolve(req.model_spec.as_ref())?;
         let ctx = format!("model '{}' version {}", servable.model, servable.version);
         let mut inputs = Vec::with_capacity(req.inputs.len());
+        let mut budget = Budget::new(self.max_tensor_bytes);
         for (name, t) in req.inputs {
-            let tensor = tf_tensor::decode(&ctx, &name, t)?;
+            let tensor = tf_tensor::decode(&ctx, &name, t, &mut budget)?;
             inputs.push((name, tensor));
         }
         let mut outputs = req.output_filter;

@@ -4,18 +4,19 @@
 //! `/v1/models/{name}:predict` is routed as `/v1/models/{name}` and the verb is split off the last
 //! `:` here.
 use super::json::{self, Strings};
-use super::{body_rejected, error_response, respond, Mgr};
+use super::{body_rejected, error_response, respond, Mgr, TensorLimit};
 use crate::api::tf_tensor::dtype_to_tf;
 use crate::api::tfserving::DEFAULT_SIGNATURE;
 use crate::error::Error;
 use crate::manager::{ModelManager, VersionSelector, VersionStatus};
 use crate::runtime::Servable;
-use crate::tensor::{DType, InferRequest, Tensor, TensorData, TensorSpec};
+use crate::tensor::{Budget, DType, InferRequest, Input, Tensor, TensorData, TensorSpec};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{Method, Uri};
 use axum::response::Response;
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -108,6 +109,7 @@ async fn get_label_metadata(
 
 async fn post_model(
     State(m): Mgr,
+    Extension(limit): Extension<TensorLimit>,
     method: Method,
     uri: Uri,
     Path(name_verb): Path<String>,
@@ -116,11 +118,12 @@ async fn post_model(
     let Some((name, verb)) = split_verb(&name_verb) else {
         return error_response(&malformed(&method, &uri));
     };
-    post(&m, &method, &uri, name, Sel::Latest, verb, body).await
+    post(&m, limit, &method, &uri, name, Sel::Latest, verb, body).await
 }
 
 async fn post_version(
     State(m): Mgr,
+    Extension(limit): Extension<TensorLimit>,
     method: Method,
     uri: Uri,
     Path((name, v_verb)): Path<(String, String)>,
@@ -129,11 +132,12 @@ async fn post_version(
     let Some((v, verb)) = split_verb(&v_verb) else {
         return error_response(&malformed(&method, &uri));
     };
-    post(&m, &method, &uri, &name, Sel::Version(v), verb, body).await
+    post(&m, limit, &method, &uri, &name, Sel::Version(v), verb, body).await
 }
 
 async fn post_label(
     State(m): Mgr,
+    Extension(limit): Extension<TensorLimit>,
     method: Method,
     uri: Uri,
     Path((name, l_verb)): Path<(String, String)>,
@@ -142,11 +146,13 @@ async fn post_label(
     let Some((l, verb)) = split_verb(&l_verb) else {
         return error_response(&malformed(&method, &uri));
     };
-    post(&m, &method, &uri, &name, Sel::Label(l), verb, body).await
+    post(&m, limit, &method, &uri, &name, Sel::Label(l), verb, body).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn post(
     m: &ModelManager,
+    limit: TensorLimit,
     method: &Method,
     uri: &Uri,
     name: &str,
@@ -175,7 +181,7 @@ async fn post(
         Ok(b) => b,
         Err(r) => return body_rejected(r),
     };
-    respond(predict(m, name, selector, &body).await)
+    respond(predict(m, limit, name, selector, &body).await)
 }
 
 fn status(m: &ModelManager, method: &Method, uri: &Uri, name: &str, sel: Sel<'_>) -> Result<String, Error> {
@@ -232,8 +238,14 @@ fn metadata(m: &ModelManager, method: &Method, uri: &Uri, name: &str, sel: Sel<'
     .to_string())
 }
 
-async fn predict(m: &ModelManager, name: &str, selector: VersionSelector, body: &[u8]) -> Result<String, Error> {
-    let value = json::parse(body).map_err(Error::InvalidArgument)?;
+async fn predict(
+    m: &ModelManager,
+    limit: TensorLimit,
+    name: &str,
+    selector: VersionSelector,
+    body: &[u8],
+) -> Result<String, Error> {
+    let value = json::parse(body, limit.0)?;
     let Some(obj) = value.as_object() else {
         return Err(Error::InvalidArgument(format!(
             "the request body must be a JSON object with \"instances\" (row format) or \"inputs\" (columnar \
@@ -273,12 +285,13 @@ async fn predict(m: &ModelManager, name: &str, selector: VersionSelector, body: 
         };
     let servable = m.resolve(name, &selector)?;
     let ctx = format!("model '{}' version {}", servable.model, servable.version);
+    let budget = &mut Budget::new(limit.0);
     let (inputs, batch) = match rows {
         Some(instances) => {
-            let (inputs, n) = decode_rows(&servable, &ctx, instances)?;
+            let (inputs, n) = decode_rows(&servable, &ctx, instances, budget)?;
             (inputs, Some(n))
         }
-        None => (decode_columns(&servable, &ctx, obj.get("inputs").unwrap_or(&Value::Null))?, None),
+        None => (decode_columns(&servable, &ctx, obj.get("inputs").unwrap_or(&Value::Null), budget)?, None),
     };
     let response = servable.infer(InferRequest { inputs, outputs: Vec::new() }).await?;
     match batch {
@@ -296,19 +309,22 @@ fn unknown_input(servable: &Servable, name: &str) -> Error {
     }
 }
 
-/// Converts the leaves of one input to a tensor of the dtype the signature gives it.
+/// Converts the leaves of one input to a tensor of the dtype the signature gives it, charging it to
+/// the request's budget first.
 fn input_tensor(
     servable: &Servable,
     ctx: &str,
     name: &str,
     shape: Vec<i64>,
     leaves: &[&Value],
+    budget: &mut Budget,
 ) -> Result<Tensor, Error> {
     let Some(spec) = servable.signature.inputs.iter().find(|s| s.name == name) else {
         return Err(unknown_input(servable, name));
     };
-    json::to_tensor(spec.dtype, shape, leaves)
-        .map_err(|m| Error::InvalidArgument(format!("{ctx}: input '{name}': {m}")))
+    let input = Input { ctx, name };
+    json::charge(input, budget, spec.dtype, &shape, leaves)?;
+    json::to_tensor(input, spec.dtype, shape, leaves)
 }
 
 fn input_names(servable: &Servable) -> String {
@@ -317,17 +333,22 @@ fn input_names(servable: &Servable) -> String {
 }
 
 /// One value (nested list) per input, for the whole input.
-fn whole(servable: &Servable, ctx: &str, name: &str, v: &Value) -> Result<Tensor, Error> {
+fn whole(servable: &Servable, ctx: &str, name: &str, v: &Value, budget: &mut Budget) -> Result<Tensor, Error> {
     let shape = json::nested_shape(v);
     let mut leaves = Vec::new();
     json::flatten_rect(v, &shape, &mut leaves)
         .map_err(|m| Error::InvalidArgument(format!("{ctx}: input '{name}': {m}")))?;
-    input_tensor(servable, ctx, name, shape, &leaves)
+    input_tensor(servable, ctx, name, shape, &leaves, budget)
 }
 
 /// Row format: a list of instances, each the value of the single input or an object keyed by input
 /// name; every input gets the number of instances as its first dimension.
-fn decode_rows(servable: &Servable, ctx: &str, instances: &Value) -> Result<(Vec<(String, Tensor)>, usize), Error> {
+fn decode_rows(
+    servable: &Servable,
+    ctx: &str,
+    instances: &Value,
+    budget: &mut Budget,
+) -> Result<(Vec<(String, Tensor)>, usize), Error> {
     let list = match instances.as_array() {
         Some(l) if !l.is_empty() => l,
         _ => {
@@ -349,7 +370,7 @@ fn decode_rows(servable: &Servable, ctx: &str, instances: &Value) -> Result<(Vec
             )));
         }
         let name = sig[0].name.clone();
-        let t = whole(servable, ctx, &name, instances)?;
+        let t = whole(servable, ctx, &name, instances, budget)?;
         return Ok((vec![(name, t)], n));
     };
     let names: Vec<&String> = first.keys().collect();
@@ -376,15 +397,20 @@ fn decode_rows(servable: &Servable, ctx: &str, instances: &Value) -> Result<(Vec
             json::flatten_rect(&inst[name.as_str()], &inner, &mut leaves)
                 .map_err(|m| Error::InvalidArgument(format!("{ctx}: input '{name}': instance {i}: {m}")))?;
         }
-        inputs.push((name.clone(), input_tensor(servable, ctx, name, shape, &leaves)?));
+        inputs.push((name.clone(), input_tensor(servable, ctx, name, shape, &leaves, budget)?));
     }
     Ok((inputs, n))
 }
 
 /// Columnar format: the value of the single input, or an object keyed by input name.
-fn decode_columns(servable: &Servable, ctx: &str, inputs: &Value) -> Result<Vec<(String, Tensor)>, Error> {
+fn decode_columns(
+    servable: &Servable,
+    ctx: &str,
+    inputs: &Value,
+    budget: &mut Budget,
+) -> Result<Vec<(String, Tensor)>, Error> {
     if let Some(map) = json::is_named_map(inputs) {
-        return map.iter().map(|(name, v)| Ok((name.clone(), whole(servable, ctx, name, v)?))).collect();
+        return map.iter().map(|(name, v)| Ok((name.clone(), whole(servable, ctx, name, v, budget)?))).collect();
     }
     let sig = &servable.signature.inputs;
     if sig.len() != 1 {
@@ -395,7 +421,7 @@ fn decode_columns(servable: &Servable, ctx: &str, inputs: &Value) -> Result<Vec<
         )));
     }
     let name = sig[0].name.clone();
-    let t = whole(servable, ctx, &name, inputs)?;
+    let t = whole(servable, ctx, &name, inputs, budget)?;
     Ok(vec![(name, t)])
 }
 
