@@ -7,7 +7,16 @@
 //! (the error format of both TF Serving REST and v2 REST), with the same message text as gRPC.
 mod json;
 mod tf;
+mod tf_json;
 mod v2;
+
+/// The REST body decoders on their own, without HTTP or a loaded model (what the handlers run; for
+/// tests and tools).
+pub mod decoders {
+    pub use super::json::parse;
+    pub use super::tf_json::{decode_inputs as tf_inputs, Model};
+    pub use super::v2::decode_inputs as v2_inputs;
+}
 
 use crate::error::Error;
 use crate::manager::ModelManager;

@@ -165,15 +165,7 @@ async fn run(
     };
     let servable = m.resolve(name, &selector)?;
     let ctx = format!("model '{}' version {}", servable.model, servable.version);
-    let mut decoded: Vec<(String, Tensor)> = Vec::with_capacity(inputs.len());
-    let mut budget = Budget::new(limit.0);
-    for (i, input) in inputs.iter().enumerate() {
-        let (name, t) = decode_input(&ctx, i, input, &mut budget)?;
-        if decoded.iter().any(|(n, _)| *n == name) {
-            return Err(bad(format!("{ctx}: input '{name}' appears more than once in \"inputs\"")));
-        }
-        decoded.push((name, t));
-    }
+    let decoded = decode_inputs(&ctx, inputs, &mut Budget::new(limit.0))?;
     let mut outputs = Vec::new();
     if let Some(list) = obj.get("outputs") {
         let Some(list) = list.as_array() else {
@@ -217,6 +209,19 @@ async fn run(
     }
     out.push_str("]}");
     Ok(out)
+}
+
+/// Decodes the `"inputs"` list of an infer body; `ctx` names the model and version for messages.
+pub fn decode_inputs(ctx: &str, inputs: &[Value], budget: &mut Budget) -> Result<Vec<(String, Tensor)>, Error> {
+    let mut decoded: Vec<(String, Tensor)> = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        let (name, t) = decode_input(ctx, i, input, budget)?;
+        if decoded.iter().any(|(n, _)| *n == name) {
+            return Err(bad(format!("{ctx}: input '{name}' appears more than once in \"inputs\"")));
+        }
+        decoded.push((name, t));
+    }
+    Ok(decoded)
 }
 
 /// One entry of `"inputs"`: `{"name", "shape", "datatype", "data", "parameters"?}`. BYTES elements
