@@ -293,7 +293,7 @@ async fn predict(
     };
     let response = servable.infer(InferRequest { inputs, outputs: Vec::new() }).await?;
     match batch {
-        Some(n) => tf_json::encode_rows(&ctx, &response.outputs, n),
+        Some(_) => tf_json::encode_rows(&ctx, &response.outputs),
         None => Ok(tf_json::encode_columns(&response.outputs)),
     }
 }

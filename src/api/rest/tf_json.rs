@@ -158,16 +158,29 @@ fn write_row(out: &mut String, name: &str, t: &Tensor, row: usize) {
 }
 
 /// `{"predictions": [...]}`: one element per row, an object keyed by output name if there are several.
-pub fn encode_rows(ctx: &str, outputs: &[(String, Tensor)], n: usize) -> Result<String, Error> {
+/// As in TF Serving, the outputs must agree with each other on their first dimension (not with the
+/// number of instances); that many rows are returned.
+pub fn encode_rows(ctx: &str, outputs: &[(String, Tensor)]) -> Result<String, Error> {
+    let columnar = "send \"inputs\" (columnar format) instead";
+    let mut firsts = Vec::with_capacity(outputs.len());
     for (name, t) in outputs {
-        if t.shape.first() != Some(&(n as i64)) {
+        let Some(&first) = t.shape.first() else {
             return Err(Error::InvalidArgument(format!(
-                "{ctx}: output '{name}' has shape {}, whose first dimension is not the {n} instances of the \
-                 request, so it cannot be returned in the row format; send \"inputs\" (columnar format) instead",
-                crate::tensor::fmt_shape(&t.shape)
+                "{ctx}: output '{name}' has shape [], which has no first dimension to return as rows in the row \
+                 format; {columnar}"
             )));
-        }
+        };
+        firsts.push((name, first));
     }
+    if firsts.iter().any(|&(_, d)| d != firsts[0].1) {
+        let listed: Vec<String> = firsts.iter().map(|(name, d)| format!("'{name}' has {d}")).collect();
+        return Err(Error::InvalidArgument(format!(
+            "{ctx}: the outputs do not agree on their first dimension ({}), so they cannot be returned as rows in \
+             the row format; {columnar}",
+            listed.join(", ")
+        )));
+    }
+    let n = firsts.first().map_or(0, |&(_, d)| usize::try_from(d).unwrap_or(0));
     let mut out = String::from("{\"predictions\":[");
     for row in 0..n {
         if row > 0 {
@@ -215,4 +228,39 @@ pub fn encode_columns(outputs: &[(String, Tensor)]) -> String {
     }
     out.push('}');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::{DType, TensorData};
+    use bytes::Bytes;
+
+    fn t(shape: &[i64]) -> Tensor {
+        let n: usize = shape.iter().map(|&d| d as usize).product();
+        Tensor::new(DType::U8, shape.to_vec(), TensorData::Raw(Bytes::from(vec![7u8; n]))).unwrap()
+    }
+
+    #[test]
+    fn rows_follow_the_outputs() {
+        let out = |o: Vec<(&str, Tensor)>| o.into_iter().map(|(n, t)| (n.to_string(), t)).collect::<Vec<_>>();
+        assert_eq!(encode_rows("m", &out(vec![("y", t(&[3]))])).unwrap(), r#"{"predictions":[7,7,7]}"#);
+        assert_eq!(encode_rows("m", &out(vec![("y", t(&[0, 2]))])).unwrap(), r#"{"predictions":[]}"#);
+        assert_eq!(
+            encode_rows("m", &out(vec![("a", t(&[1, 1])), ("b", t(&[1]))])).unwrap(),
+            r#"{"predictions":[{"a":[7],"b":7}]}"#
+        );
+        let e = encode_rows("m", &out(vec![("a", t(&[2])), ("b", t(&[2])), ("c", t(&[1]))])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "m: the outputs do not agree on their first dimension ('a' has 2, 'b' has 2, 'c' has 1), so they cannot \
+             be returned as rows in the row format; send \"inputs\" (columnar format) instead"
+        );
+        let e = encode_rows("m", &out(vec![("s", t(&[]))])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "m: output 's' has shape [], which has no first dimension to return as rows in the row format; send \
+             \"inputs\" (columnar format) instead"
+        );
+    }
 }
