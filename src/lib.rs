@@ -16,7 +16,9 @@ pub mod proto;
 pub mod repository;
 pub mod runtime;
 pub mod server;
+pub mod tenancy;
 pub mod tensor;
+pub mod tls;
 
 pub use config::ServeConfig;
 pub use error::Error;

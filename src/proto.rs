@@ -24,4 +24,11 @@ pub mod inference {
 /// maas's own messages (per-model settings, `maas.pbtxt`).
 pub mod maas {
     tonic::include_proto!("maas");
+
+    /// Usage metering (`maas.usage.v1.UsageService`).
+    pub mod usage {
+        pub mod v1 {
+            tonic::include_proto!("maas.usage.v1");
+        }
+    }
 }
