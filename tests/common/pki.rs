@@ -2,7 +2,17 @@
 //! with SAN URIs; and API keys.
 #![allow(dead_code)]
 
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+
+/// A distinct subject per certificate (OpenSSL takes a leaf whose subject equals its issuer for self-signed).
+fn dn(cn: &str) -> DistinguishedName {
+    let mut d = DistinguishedName::new();
+    d.push(DnType::CommonName, cn);
+    d
+}
 use std::path::{Path, PathBuf};
 
 pub struct Pki {
@@ -24,6 +34,7 @@ impl Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name = dn("maas test CA");
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let ca_pem = ca_cert.pem();
         let issuer = Issuer::new(ca_params, ca_key);
@@ -45,6 +56,7 @@ impl Pki {
     pub fn rotate_server(&mut self) -> String {
         let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        p.distinguished_name = dn("localhost");
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.issuer).unwrap();
         self.server_key_pem = key.serialize_pem();
@@ -57,6 +69,7 @@ impl Pki {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.subject_alt_names.push(SanType::URI(uri.try_into().unwrap()));
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.distinguished_name = dn(uri);
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.issuer).unwrap();
         Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
