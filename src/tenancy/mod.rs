@@ -372,7 +372,7 @@ pub fn note_response(resp: &InferResponse) {
 }
 
 /// The usage answer for `tenant` ("" = the caller's own, or every tenant for an ADMIN).
-pub fn usage_for(tenant: &str) -> Result<Vec<(String, Vec<(String, i64, usage::Counters)>)>, Error> {
+pub fn usage_for(tenant: &str) -> Result<usage::Totals, Error> {
     let Some(ctx) = current() else { return Ok(Vec::new()) };
     let caller = &ctx.caller.tenant;
     let known = ctx.tenancy.tenant_names();

@@ -80,6 +80,9 @@ pub fn code_name(c: Code) -> &'static str {
     }
 }
 
+/// Per tenant (sorted): per model and version (sorted), the counters.
+pub type Totals = Vec<(String, Vec<(String, i64, Counters)>)>;
+
 type TotalKey = (Arc<str>, Arc<str>, i64);
 type BucketKey = (Arc<str>, Option<Arc<str>>, Arc<str>, i64);
 
@@ -205,7 +208,7 @@ impl Usage {
 
     /// Totals since start: one tenant, or every tenant (sorted; tenants without usage included
     /// when named in `known`).
-    pub fn totals(&self, only: Option<&str>, known: &[String]) -> Vec<(String, Vec<(String, i64, Counters)>)> {
+    pub fn totals(&self, only: Option<&str>, known: &[String]) -> Totals {
         let g = self.lock();
         let mut by_tenant: BTreeMap<String, Vec<(String, i64, Counters)>> = BTreeMap::new();
         for name in known.iter().filter(|n| only.is_none_or(|o| o == n.as_str())) {
@@ -228,7 +231,7 @@ impl Usage {
 }
 
 /// `{"tenants": [{"tenant", "models": [{"model", "version", "requests", ...}]}]}`.
-pub fn totals_json(totals: &[(String, Vec<(String, i64, Counters)>)]) -> String {
+pub fn totals_json(totals: &Totals) -> String {
     let tenants: Vec<Value> = totals
         .iter()
         .map(|(t, models)| {
@@ -249,9 +252,7 @@ pub fn totals_json(totals: &[(String, Vec<(String, i64, Counters)>)]) -> String 
 }
 
 /// The same as the gRPC `GetUsageResponse`.
-pub fn totals_proto(
-    totals: Vec<(String, Vec<(String, i64, Counters)>)>,
-) -> crate::proto::maas::usage::v1::GetUsageResponse {
+pub fn totals_proto(totals: Totals) -> crate::proto::maas::usage::v1::GetUsageResponse {
     use crate::proto::maas::usage::v1 as pb;
     pb::GetUsageResponse {
         tenants: totals
