@@ -104,7 +104,7 @@ pub async fn serve(
                             tracing::warn!("cannot set TCP_NODELAY on a REST connection: {e}");
                         }
                     }),
-                    router,
+                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
                 )
                 .with_graceful_shutdown(graceful)
                 .await
@@ -125,6 +125,7 @@ pub async fn serve(
         })
     });
     let server = tonic::transport::Server::builder()
+        .layer(crate::logging::grpc::GrpcRequestLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -39,6 +39,7 @@ pub fn router_with_body_limit(manager: Arc<ModelManager>, max_body_bytes: usize)
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(crate::logging::rest::rest_request_middleware))
         .with_state(manager)
 }
 
