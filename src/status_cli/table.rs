@@ -2,7 +2,7 @@
 use super::{StatusReport, VersionRow};
 
 const HEADER: [&str; 9] =
-    ["MODEL", "VERSION", "STATE", "PROVIDERS", "LOADED", "LOAD TIME", "REQUESTS", "FAILED", "MESSAGE"];
+    ["MODEL", "VERSION", "STATE", "PROVIDERS", "LOADED", "LOAD_TIME", "REQUESTS", "FAILED", "MESSAGE"];
 
 fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
@@ -95,7 +95,7 @@ mod tests {
         };
         let t = render(&report);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "MODEL    VERSION  STATE      PROVIDERS  LOADED  LOAD TIME  REQUESTS  FAILED  MESSAGE");
+        assert_eq!(lines[0], "MODEL    VERSION  STATE      PROVIDERS  LOADED  LOAD_TIME  REQUESTS  FAILED  MESSAGE");
         assert_eq!(lines[1], "numbers  1        AVAILABLE  -          -       -          12        2       -");
         assert_eq!(lines[2], "m        10       END        cpu        -       0.50s      -         -       bad file");
     }
