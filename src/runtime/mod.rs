@@ -7,6 +7,7 @@ mod providers;
 mod servable;
 pub mod settings;
 
+pub(crate) use convert::string_tensor;
 pub use providers::Provider;
 pub(crate) use servable::{session_builder, signature_of};
 pub use servable::{LoadError, Servable, Stats, StatsSnapshot};
