@@ -116,6 +116,69 @@ async fn grpc_request_id_round_trip() {
     server.stop().await.unwrap();
 }
 
+/// A raw gRPC exchange over HTTP/2: the response's headers (initial metadata), body and trailers.
+async fn raw_grpc(
+    addr: std::net::SocketAddr,
+    path: &str,
+    msg: Vec<u8>,
+    id: &str,
+) -> (http::HeaderMap, bytes::Bytes, http::HeaderMap) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&msg);
+    let req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-request-id", id)
+        .body(http_body_util::Full::new(bytes::Bytes::from(framed)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let headers = resp.headers().clone();
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    (headers, collected.to_bytes(), trailers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_errors_carry_the_id_in_initial_metadata() {
+    use prost::Message;
+    let repo = small_repo();
+    let server = TestServer::ready(test_config(repo.path())).await;
+    let predict = "/tensorflow.serving.PredictionService/Predict";
+    // An error is not trailers-only: initial metadata with the id, then the status in the trailers
+    // (with the id again).
+    let (headers, body, trailers) =
+        raw_grpc(server.addr, predict, float_req("absent").encode_to_vec(), "raw-err-1").await;
+    assert_eq!(headers["x-request-id"], "raw-err-1");
+    assert!(headers.get("grpc-status").is_none(), "{headers:?}");
+    assert!(body.is_empty());
+    assert_eq!(trailers["grpc-status"], "5");
+    assert!(trailers["grpc-message"].to_str().unwrap().contains("absent"), "{trailers:?}");
+    assert_eq!(trailers["x-request-id"], "raw-err-1");
+    // Success: the id in the initial metadata, the status in the trailers as usual.
+    let (headers, body, trailers) =
+        raw_grpc(server.addr, predict, float_req("identity_float").encode_to_vec(), "raw-ok-2").await;
+    assert_eq!(headers["x-request-id"], "raw-ok-2");
+    assert!(body.len() > 5);
+    assert_eq!(trailers["grpc-status"], "0");
+    // An unknown method (answered by tonic's router) too.
+    let (headers, _, trailers) =
+        raw_grpc(server.addr, "/tensorflow.serving.PredictionService/Nope", vec![], "raw-3").await;
+    assert_eq!(headers["x-request-id"], "raw-3");
+    assert_eq!(trailers["grpc-status"], "12");
+    server.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_request_id_round_trip() {
     let repo = small_repo();

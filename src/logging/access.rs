@@ -221,17 +221,30 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountIn<B> {
     }
 }
 
-/// A response body that counts its bytes, reads the gRPC status from its trailers, and writes the
-/// access line (by dropping the record) when it ends or is dropped.
+/// A response body that counts its bytes, reads the gRPC status from its trailers, can append
+/// trailers of its own (see [`AccessBody::with_trailers`]), and writes the access line (by dropping
+/// the record) when it ends or is dropped.
 pub struct AccessBody<B> {
     inner: B,
     record: Option<AccessRecord>,
+    /// Sent after the inner body ends.
+    trailers: Option<http::HeaderMap>,
+    inner_done: bool,
 }
 
 impl<B> AccessBody<B> {
     /// `record`: None when the access log is off (the body passes through untouched).
     pub fn new(inner: B, record: Option<AccessRecord>) -> AccessBody<B> {
-        AccessBody { inner, record }
+        AccessBody { inner, record, trailers: None, inner_done: false }
+    }
+
+    /// Ends the body with these trailers (for a body that has none of its own).
+    pub fn with_trailers(mut self, trailers: http::HeaderMap) -> AccessBody<B> {
+        if let (Some(r), Some(code)) = (&mut self.record, grpc_status(&trailers)) {
+            r.outcome = Some(Outcome::Grpc(code));
+        }
+        self.trailers = Some(trailers);
+        self
     }
 }
 
@@ -240,28 +253,41 @@ impl<B: Body<Data = Bytes> + Unpin> Body for AccessBody<B> {
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Some(record) = &mut self.record {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
+        let polled = if self.inner_done { Poll::Ready(None) } else { Pin::new(&mut self.inner).poll_frame(cx) };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(record) = &mut self.record {
                     if let Some(d) = frame.data_ref() {
                         record.bytes_out += d.len() as u64;
                     } else if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
                         record.outcome = Some(Outcome::Grpc(code));
                     }
                 }
-                Poll::Ready(None) => self.record = None,
-                _ => {}
             }
+            Poll::Ready(None) => {
+                self.inner_done = true;
+                if let Some(t) = self.trailers.take() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                // The end: write the access line now rather than when hyper drops the body.
+                self.record = None;
+            }
+            _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.trailers.is_none() && (self.inner_done || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.trailers.is_some() {
+            // Trailers follow: not "exactly 0", or the end would be signalled early.
+            let mut h = SizeHint::new();
+            h.set_lower(self.inner.size_hint().lower());
+            return h;
+        }
         self.inner.size_hint()
     }
 }

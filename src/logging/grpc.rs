@@ -39,6 +39,34 @@ fn deadline(headers: &http::HeaderMap) -> Option<std::time::Instant> {
     crate::api::grpc_deadline(&tonic::metadata::MetadataMap::from_headers(one))
 }
 
+/// The gRPC status headers of a trailers-only response (an error status answered at once).
+const STATUS_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+
+/// A trailers-only response (a single HEADERS frame holding the status) has no initial metadata:
+/// gRPC clients show its headers as trailing metadata. To return `x-request-id` as initial metadata on
+/// errors too, such a response becomes headers (initial metadata, with the id), no message, and
+/// trailers: the status, and the id again (tonic clients build an error's metadata from the trailers).
+/// Returns the trailers to send; None for any other response.
+fn split_trailers_only<B: http_body::Body>(
+    resp: &mut http::Response<B>,
+    id: &http::HeaderValue,
+) -> Option<http::HeaderMap> {
+    if resp.status() != http::StatusCode::OK
+        || !resp.headers().contains_key("grpc-status")
+        || !resp.body().is_end_stream()
+    {
+        return None;
+    }
+    let mut trailers = http::HeaderMap::with_capacity(4);
+    for name in STATUS_HEADERS {
+        if let Some(v) = resp.headers_mut().remove(name) {
+            trailers.insert(name, v);
+        }
+    }
+    trailers.insert(REQUEST_ID_HEADER, id.clone());
+    Some(trailers)
+}
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, B> tower::Service<http::Request<Body>> for GrpcRequestService<S>
@@ -79,13 +107,18 @@ where
         let respond = async move {
             let mut record = record;
             let mut resp = fut.await?;
+            let trailers = split_trailers_only(&mut resp, &id_value);
             resp.headers_mut().insert(REQUEST_ID_HEADER, id_value);
             if let Some(r) = &mut record {
-                // A trailers-only response (an error status) carries the status in its headers;
-                // otherwise it comes in the trailers.
                 r.outcome = access::grpc_status(resp.headers()).map(Outcome::Grpc);
             }
-            Ok(resp.map(|b| AccessBody::new(b, record)))
+            Ok(resp.map(|b| {
+                let body = AccessBody::new(b, record);
+                match trailers {
+                    Some(t) => body.with_trailers(t),
+                    None => body,
+                }
+            }))
         }
         .instrument(span);
         match notes {

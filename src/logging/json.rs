@@ -82,6 +82,96 @@ impl<'w> FormatFields<'w> for JsonSpanFields {
     }
 }
 
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = fmt::Write::write_fmt(out, format_args!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends `,"<key>":` (a reserved key becomes `field.<key>`).
+fn push_key(out: &mut String, key: &str) {
+    out.push(',');
+    if RESERVED.contains(&key) {
+        push_json_str(out, &format!("field.{key}"));
+    } else {
+        push_json_str(out, key);
+    }
+    out.push(':');
+}
+
+/// Writes an event's fields straight into the line (`,"name":value` each), the message apart.
+struct EventWriter<'a> {
+    out: &'a mut String,
+    message: Option<String>,
+    names: Vec<&'static str>,
+}
+
+impl EventWriter<'_> {
+    /// Starts the field; false for the message (kept apart) and `log.*` compatibility fields.
+    fn key(&mut self, field: &Field) -> bool {
+        let name = field.name();
+        if name == "message" || name.starts_with("log.") {
+            return false;
+        }
+        push_key(self.out, name);
+        self.names.push(name);
+        true
+    }
+}
+
+impl Visit for EventWriter<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.key(field) {
+            if value.is_finite() {
+                let _ = fmt::Write::write_fmt(self.out, format_args!("{value}"));
+            } else {
+                push_json_str(self.out, &value.to_string());
+            }
+        }
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.key(field) {
+            let _ = fmt::Write::write_fmt(self.out, format_args!("{value}"));
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.key(field) {
+            let _ = fmt::Write::write_fmt(self.out, format_args!("{value}"));
+        }
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.key(field) {
+            self.out.push_str(if value { "true" } else { "false" });
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = Some(value.to_string());
+        } else if self.key(field) {
+            push_json_str(self.out, value);
+        }
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.record_str(field, &value.to_string());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
+}
+
 /// The event formatter of `--log-format json`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct JsonLines;
@@ -92,46 +182,45 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        let mut fields = Map::new();
-        // Outermost span first, so that inner spans and then the event override.
+        let meta = event.metadata();
+        let mut fields = String::with_capacity(256);
+        let mut ev = EventWriter { out: &mut fields, message: None, names: Vec::with_capacity(16) };
+        event.record(&mut ev);
+        let (message, names) = (ev.message.unwrap_or_default(), ev.names);
+
+        let mut line = String::with_capacity(fields.len() + 256);
+        line.push_str("{\"timestamp\":\"");
+        SystemTime.format_time(&mut Writer::new(&mut line))?;
+        line.push_str("\",\"level\":\"");
+        line.push_str(meta.level().as_str());
+        line.push_str("\",\"target\":");
+        push_json_str(&mut line, meta.target());
+        line.push_str(",\"message\":");
+        push_json_str(&mut line, &message);
+        // Span fields, innermost first; a name already written (by the event or an inner span) is
+        // skipped.
+        let mut written: Vec<String> = Vec::new();
         if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
+            for span in scope {
                 let ext = span.extensions();
-                if let Some(f) = ext.get::<FormattedFields<N>>() {
-                    if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&f.fields) {
-                        fields.extend(m);
+                let Some(f) = ext.get::<FormattedFields<N>>() else { continue };
+                if f.fields.len() <= 2 {
+                    continue;
+                }
+                let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&f.fields) else { continue };
+                for (k, v) in m {
+                    if names.contains(&k.as_str()) || written.contains(&k) {
+                        continue;
                     }
+                    push_key(&mut line, &k);
+                    let _ = fmt::Write::write_fmt(&mut line, format_args!("{v}"));
+                    written.push(k);
                 }
             }
         }
-        let mut own = Map::new();
-        event.record(&mut JsonVisitor(&mut own));
-        let message = own.remove("message").unwrap_or(Value::String(String::new()));
-        fields.extend(own);
-
-        let mut timestamp = String::new();
-        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
-        let meta = event.metadata();
-        // The four fixed keys first (for a human reading the line), then the fields in name order.
-        let mut line = String::with_capacity(256);
-        line.push('{');
-        for (k, v) in [
-            ("timestamp", Value::String(timestamp)),
-            ("level", Value::String(meta.level().to_string())),
-            ("target", Value::String(meta.target().to_string())),
-            ("message", message),
-        ] {
-            if k != "timestamp" {
-                line.push(',');
-            }
-            line.push_str(&format!("{}:{v}", Value::from(k)));
-        }
-        for (k, v) in fields {
-            let key = if RESERVED.contains(&k.as_str()) { format!("field.{k}") } else { k };
-            line.push_str(&format!(",{}:{v}", Value::String(key)));
-        }
-        line.push('}');
-        writeln!(writer, "{line}")
+        line.push_str(&fields);
+        line.push_str("}\n");
+        writer.write_str(&line)
     }
 }
 
@@ -167,7 +256,16 @@ mod tests {
             let span = tracing::info_span!("request", request_id = "abc", trace_id = tracing::field::Empty);
             span.record("trace_id", "t1");
             let _g = span.enter();
-            tracing::warn!(model = "m", rows = 3u64, ok = true, level = "x", "quote \" and\nnewline {}", 1);
+            tracing::warn!(
+                model = "m",
+                rows = 3u64,
+                ok = true,
+                level = "x",
+                ratio = 0.25,
+                esc = "\u{1b}[31m\\ é",
+                "quote \" and\nnewline {}",
+                1
+            );
         });
         let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = out.lines().collect();
@@ -182,6 +280,8 @@ mod tests {
         assert_eq!(v["rows"], 3);
         assert_eq!(v["ok"], true);
         assert_eq!(v["field.level"], "x");
+        assert_eq!(v["ratio"], 0.25);
+        assert_eq!(v["esc"], "\u{1b}[31m\\ é");
         assert!(v["target"].as_str().unwrap().starts_with("maas"), "{v}");
         assert!(v["timestamp"].as_str().unwrap().ends_with('Z'), "{v}");
     }
