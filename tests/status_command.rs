@@ -73,7 +73,7 @@ async fn status_lists_models_states_and_counts() {
     let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(
         lines[0],
-        ["MODEL", "VERSION", "STATE", "PROVIDERS", "LOADED", "LOAD_TIME", "REQUESTS", "FAILED", "MESSAGE"],
+        ["MODEL", "VERSION", "STATE", "PROVIDERS", "LOAD_TIME", "REQUESTS", "FAILED", "MESSAGE"],
         "{out}"
     );
     let row = |model: &str, version: &str| -> Vec<&str> {
@@ -83,12 +83,14 @@ async fn status_lists_models_states_and_counts() {
             .unwrap_or_else(|| panic!("no row for {model} {version}:\n{out}"))
             .clone()
     };
+    // Providers and load time from the REST status route.
     let v2 = row("numbers_classifier", "2");
-    assert_eq!((v2[2], v2[6], v2[7]), ("AVAILABLE", "6", "1"), "{out}");
+    assert_eq!((v2[2], v2[3], v2[5], v2[6], v2[7]), ("AVAILABLE", "CPUExecutionProvider", "6", "1", "-"), "{out}");
+    assert!(v2[4].ends_with('s') && v2[4].trim_end_matches('s').parse::<f64>().is_ok(), "{out}");
     let v1 = row("numbers_classifier", "1");
-    assert_eq!((v1[2], v1[6], v1[7]), ("AVAILABLE", "0", "0"), "{out}");
+    assert_eq!((v1[2], v1[5], v1[6]), ("AVAILABLE", "0", "0"), "{out}");
     let f = row("identity_float", "1");
-    assert_eq!((f[2], f[6]), ("AVAILABLE", "0"), "{out}");
+    assert_eq!((f[2], f[5]), ("AVAILABLE", "0"), "{out}");
     assert_eq!(lines.len(), 4, "{out}");
 
     let (code, out, err) = status(&["--address", &addr, "--rest-address", &rest, "--json"]).await;
@@ -102,6 +104,9 @@ async fn status_lists_models_states_and_counts() {
     };
     let n2 = get("numbers_classifier", 2);
     assert_eq!(n2["state"], "AVAILABLE");
+    assert_eq!(v["rest_details"], true);
+    assert_eq!(n2["providers"], serde_json::json!(["CPUExecutionProvider"]));
+    assert!(n2["load_seconds"].as_f64().unwrap() >= 0.0, "{out}");
     assert_eq!(
         (n2["successes"].as_u64(), n2["failures"].as_u64(), n2["requests"].as_u64()),
         (Some(5), Some(1), Some(6))
@@ -110,6 +115,26 @@ async fn status_lists_models_states_and_counts() {
     assert!(n2["last_inference_ms"].as_u64().unwrap() > 0);
     assert_eq!(get("numbers_classifier", 1)["requests"].as_u64(), Some(0));
     assert_eq!(get("identity_float", 1)["requests"].as_u64(), Some(0));
+
+    // No REST port to ask: providers and load time are unknown, the rest is the same.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (code, out, err) = status(&["--address", &addr, "--rest-address", &closed, "--json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["rest_details"], false);
+    let n2 = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "numbers_classifier" && m["version"] == 2)
+        .unwrap();
+    assert!(n2["providers"].is_null() && n2["load_seconds"].is_null(), "{out}");
+    assert_eq!(n2["requests"].as_u64(), Some(6));
+    let (code, out, _) = status(&["--address", &addr, "--rest-address", &closed]).await;
+    assert_eq!(code, Some(0));
+    let line = out.lines().find(|l| l.starts_with("numbers_classifier  2")).unwrap_or_else(|| panic!("{out}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!((cols[3], cols[4], cols[5]), ("-", "-", "6"), "{out}");
 
     // --model: just that model's versions.
     let (code, out, err) = status(&["--address", &addr, "--json", "--model", "identity_float"]).await;

@@ -45,7 +45,7 @@ pub async fn rest_request_middleware(mut req: Request, next: Next) -> Response {
 ///
 /// TF Serving REST: `predict`, `classify`, `regress`, `model_status`, `model_metadata`; KServe v2
 /// REST: `infer`, `model_metadata`, `model_ready`, `server_metadata`, `server_live`, `server_ready`;
-/// `healthz`, `readyz`; anything else `other`.
+/// `healthz`, `readyz`; maas's status route `maas_model_status`; anything else `other`.
 pub fn rest_api(method: &http::Method, path: &str) -> (&'static str, Option<(String, Option<i64>)>) {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let model = |name: &str, version: Option<&str>| {
@@ -56,6 +56,7 @@ pub fn rest_api(method: &http::Method, path: &str) -> (&'static str, Option<(Str
     match parts.as_slice() {
         ["healthz"] => ("healthz", None),
         ["readyz"] => ("readyz", None),
+        ["maas", "v1", "models", name] => ("maas_model_status", model(name, None)),
         ["v2"] => ("server_metadata", None),
         ["v2", "health", "live"] => ("server_live", None),
         ["v2", "health", "ready"] => ("server_ready", None),
@@ -118,6 +119,7 @@ mod tests {
         assert_eq!(rest_api(&Method::GET, "/v2/models/iris/ready"), ("model_ready", m("iris", None)));
         assert_eq!(rest_api(&Method::GET, "/v2/health/ready"), ("server_ready", None));
         assert_eq!(rest_api(&Method::GET, "/healthz"), ("healthz", None));
+        assert_eq!(rest_api(&Method::GET, "/maas/v1/models/iris"), ("maas_model_status", m("iris", None)));
         assert_eq!(rest_api(&Method::GET, "/nope"), ("other", None));
         assert_eq!(rest_api(&Method::GET, "/v1/models/"), ("model_status", None));
     }

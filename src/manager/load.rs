@@ -1,6 +1,7 @@
 //! Loading: a version's sessions are built (and warmed) on a loader thread, then published;
 //! explicit load and unload of a whole model.
-use super::{ModelManager, ModelSource, VersionState};
+use super::warmup::{self, WarmupOutcome};
+use super::{LoadReport, ModelManager, ModelSource, VersionState};
 use crate::error::Error;
 use crate::repository::Fingerprint;
 use crate::runtime::{LoadError, Servable};
@@ -29,10 +30,9 @@ impl ModelManager {
         let spawned = std::thread::Builder::new().name(format!("maas-load-{model}-{version}")).spawn(move || {
             let started = Instant::now();
             let result = Servable::load(env, &m, version, &file, &cfg.runtime).and_then(|s| {
-                if cfg.enable_warmup {
-                    s.warmup().map_err(|e| LoadError::new(Code::FailedPrecondition, e))?;
-                }
-                Ok(s)
+                // Before the version is published: requests never wait for this.
+                let outcome = warmup::run(&s, cfg.enable_warmup, cfg.warmup_iterations)?;
+                Ok((s, outcome))
             });
             let _ = tx.send((result, started.elapsed()));
         });
@@ -40,7 +40,7 @@ impl ModelManager {
             Ok(_) => rx.await.map_err(|_| LoadError::new(Code::Internal, "the loader thread panicked")),
             Err(e) => Err(LoadError::new(Code::Internal, format!("could not start a loader thread: {e}"))),
         }
-        .and_then(|(r, took)| r.map(|s| (s, took)));
+        .and_then(|(r, took)| r.map(|(s, w)| (s, w, took)));
 
         let leftover = self.finish_load(&model, version, fp, outcome);
         if let Some(s) = leftover {
@@ -57,29 +57,40 @@ impl ModelManager {
         model: &str,
         version: i64,
         fp: Fingerprint,
-        outcome: Result<(Servable, Duration), LoadError>,
+        outcome: Result<(Servable, WarmupOutcome, Duration), LoadError>,
     ) -> Option<Servable> {
         let mut state = self.lock();
         let Some(vr) = state.models.get_mut(model).and_then(|r| r.versions.get_mut(&version)) else {
-            return outcome.ok().map(|(s, _)| s);
+            return outcome.ok().map(|(s, _, _)| s);
         };
         vr.loading = false;
         vr.fingerprint = Some(fp);
         match outcome {
-            Ok((servable, took)) => {
-                let message = format!(
-                    "serving on {} with {} session(s){}; loaded{} in {} ms",
+            Ok((servable, warmup, took)) => {
+                // The details go to this log line and the status route; the status stays OK and "".
+                tracing::info!(
+                    model,
+                    version,
+                    "serving on {} with {} session(s){}; loaded in {} ms; {warmup}",
                     servable.providers,
                     servable.pool_size(),
                     servable.batching().map(|b| format!(", {b}")).unwrap_or_default(),
-                    if self.cfg.enable_warmup { " and warmed up" } else { "" },
                     took.as_millis()
                 );
-                tracing::info!(model, version, "{message}");
+                vr.report = Some(LoadReport {
+                    providers: servable.providers.names.clone(),
+                    provider_fallback: servable.providers.fallback.clone(),
+                    sessions: servable.pool_size(),
+                    batching: servable.batching_config().map(|(c, threads)| (c.clone(), threads)),
+                    load_time: took,
+                    warmup,
+                });
                 let old = vr.servable.replace(Arc::new(servable));
                 vr.state = VersionState::Available;
                 vr.code = Code::Ok;
-                vr.message = message;
+                vr.message.clear();
+                vr.note.clear();
+                vr.load_error = None;
                 vr.failures = 0;
                 if let Some(old) = old {
                     self.retire(model.to_string(), version, old, false);
@@ -89,15 +100,12 @@ impl ModelManager {
                 vr.failures += 1;
                 let retries_left = self.cfg.max_load_retries.saturating_sub(vr.failures - 1);
                 tracing::error!(model, version, code = ?e.code, retries_left, "failed to load: {}", e.message);
-                if vr.servable.is_some() {
-                    vr.message = format!(
-                        "still serving the previously loaded files; loading the changed files failed: {}",
-                        e.message
-                    );
-                } else {
+                vr.load_error = Some(e.message.clone());
+                if vr.servable.is_none() {
                     vr.state = VersionState::End;
                     vr.code = e.code;
                     vr.message = e.message;
+                    vr.report = None;
                 }
                 if retries_left > 0 {
                     let at = Instant::now() + self.cfg.load_retry_interval;

@@ -17,13 +17,16 @@
 //! loading (and warming) versions and explicit load/unload.
 mod load;
 mod table;
+pub mod tfrecord;
+pub mod warmup;
 mod watch;
 
 pub use table::{ServingTable, VersionSelector};
+pub use warmup::WarmupOutcome;
 
 use crate::repository::config::ModelConfig;
 use crate::repository::Fingerprint;
-use crate::runtime::{RuntimeConfig, Servable};
+use crate::runtime::{BatchingConfig, RuntimeConfig, Servable};
 use arc_swap::ArcSwap;
 use ort::environment::Environment;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -61,8 +64,45 @@ pub struct VersionStatus {
     pub state: VersionState,
     /// `Code::Ok` unless the version failed.
     pub code: Code,
-    /// The error when it failed; otherwise what it runs on.
+    /// The error when it failed; "" whenever `code` is OK (as in TF Serving).
     pub message: String,
+    /// What is going on when that is not an error, e.g. "unloaded" (for RepositoryIndex reasons).
+    pub detail: String,
+}
+
+/// How the files a version serves were loaded: what the status route shows, protocol-neutral.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// Execution providers actually registered, in priority order.
+    pub providers: Vec<String>,
+    /// Configured providers that could not be registered (only with `--allow-cpu-fallback`).
+    pub provider_fallback: Vec<String>,
+    pub sessions: usize,
+    /// Batching parameters in effect and the batch threads (None = not batched).
+    pub batching: Option<(BatchingConfig, usize)>,
+    /// Loading and warming up.
+    pub load_time: Duration,
+    pub warmup: WarmupOutcome,
+}
+
+/// One version for the status route.
+#[derive(Debug, Clone)]
+pub struct VersionDetails {
+    pub status: VersionStatus,
+    /// How the served files were loaded (None before a load succeeded).
+    pub loaded: Option<LoadReport>,
+    /// The last failed load, if the version failed, or if changed files failed while the earlier
+    /// ones keep serving.
+    pub load_error: Option<String>,
+}
+
+/// One model for the status route.
+#[derive(Debug, Clone)]
+pub struct ModelDetails {
+    pub name: String,
+    /// Why the model has nothing to load, if so.
+    pub problem: Option<String>,
+    pub versions: Vec<(i64, VersionDetails)>,
 }
 
 /// Where the list of models comes from.
@@ -117,7 +157,14 @@ impl Default for ManagerConfig {
 struct VersionRecord {
     state: VersionState,
     code: Code,
+    /// The error when `code` is not OK.
     message: String,
+    /// What is going on when that is not an error (unloading, unloaded).
+    note: String,
+    /// The last failed load (see [`VersionDetails::load_error`]).
+    load_error: Option<String>,
+    /// How the served files were loaded.
+    report: Option<LoadReport>,
     servable: Option<Arc<Servable>>,
     /// The files that were loaded (or whose load failed).
     fingerprint: Option<Fingerprint>,
@@ -132,6 +179,9 @@ impl VersionRecord {
             state: VersionState::Start,
             code: Code::Ok,
             message: String::new(),
+            note: String::new(),
+            load_error: None,
+            report: None,
             servable: None,
             fingerprint: None,
             loading: false,
@@ -141,7 +191,18 @@ impl VersionRecord {
     }
 
     fn status(&self) -> VersionStatus {
-        VersionStatus { state: self.state, code: self.code, message: self.message.clone() }
+        let message = if self.code == Code::Ok { String::new() } else { self.message.clone() };
+        let detail = match &self.load_error {
+            Some(e) if self.code == Code::Ok => {
+                format!("still serving the previously loaded files; loading the changed files failed: {e}")
+            }
+            _ => self.note.clone(),
+        };
+        VersionStatus { state: self.state, code: self.code, message, detail }
+    }
+
+    fn details(&self) -> VersionDetails {
+        VersionDetails { status: self.status(), loaded: self.report.clone(), load_error: self.load_error.clone() }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The serving table requests read, and resolution: labels, versions, readiness and status.
-use super::{ModelManager, ModelSource, State, VersionRecord, VersionState, VersionStatus};
+use super::{ModelDetails, ModelManager, ModelSource, State, VersionRecord, VersionState, VersionStatus};
 use crate::error::Error;
 use crate::repository::config::ModelConfig;
 use crate::runtime::Servable;
@@ -181,6 +181,20 @@ impl ModelManager {
             ))),
             None => Ok(rec.versions.iter().map(|(v, s)| (*v, s.status())).collect()),
         }
+    }
+
+    /// Every version of a model with how it was loaded, for the status route.
+    pub fn details(&self, model: &str) -> Result<ModelDetails, Error> {
+        let state = self.lock();
+        let Some(rec) = state.models.get(model) else {
+            let known: Vec<&str> = state.models.keys().map(String::as_str).collect();
+            return Err(Error::ModelNotFound { model: model.to_string(), known: known.join(", ") });
+        };
+        Ok(ModelDetails {
+            name: model.to_string(),
+            problem: rec.problem.clone(),
+            versions: rec.versions.iter().map(|(v, r)| (*v, r.details())).collect(),
+        })
     }
 
     /// Ready = every configured model has an AVAILABLE version (what `/readyz` and ServerReady

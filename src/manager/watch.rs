@@ -196,6 +196,9 @@ impl ModelManager {
                         vr.state = VersionState::Start;
                         vr.code = Code::Ok;
                         vr.message.clear();
+                        vr.note.clear();
+                        vr.load_error = None;
+                        vr.report = None;
                     }
                     let path = on_disk[&v].0.join(repository::MODEL_FILE);
                     let this = Arc::clone(self);
@@ -219,7 +222,7 @@ impl ModelManager {
                     if let Some(vr) = rec.versions.get_mut(&v) {
                         if let Some(s) = vr.servable.take() {
                             vr.state = VersionState::Unloading;
-                            vr.message = "unloading: finishing in-flight requests".into();
+                            vr.note = "unloading: finishing in-flight requests".into();
                             self.retire(name.clone(), v, s, true);
                         }
                     }
@@ -248,7 +251,8 @@ impl ModelManager {
                     if vr.state == VersionState::Unloading {
                         vr.state = VersionState::End;
                         vr.code = Code::Ok;
-                        vr.message = "unloaded".into();
+                        vr.message.clear();
+                        vr.note = "unloaded".into();
                     }
                 }
             }

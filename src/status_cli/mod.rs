@@ -58,9 +58,7 @@ pub struct VersionRow {
     pub message: String,
     /// Execution providers actually registered (REST details; None = unknown).
     pub providers: Option<Vec<String>>,
-    /// When the version became available (REST details, as the server wrote it).
-    pub loaded_at: Option<String>,
-    /// How long the load took, in seconds (REST details).
+    /// How long loading and warming up took, in seconds (REST details).
     pub load_seconds: Option<f64>,
     /// Inference requests (successes and failures) since the version loaded (v2 ModelStatistics).
     pub requests: Option<u64>,
@@ -231,7 +229,6 @@ pub async fn gather(args: &StatusArgs, timeout: Duration) -> Result<StatusReport
                 }
                 if let Some(d) = details.as_ref().and_then(|d| d.get(&v)) {
                     row.providers.clone_from(&d.providers);
-                    row.loaded_at.clone_from(&d.loaded_at);
                     row.load_seconds = d.load_seconds;
                 }
             }

@@ -11,8 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// What the REST route says about one version.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Details {
+    /// Execution providers actually registered (`execution_providers`; null while not loaded).
     pub providers: Option<Vec<String>>,
-    pub loaded_at: Option<String>,
+    /// Loading and warming up, in seconds (`load_time_ms`).
     pub load_seconds: Option<f64>,
 }
 
@@ -54,57 +55,18 @@ pub async fn model_details(address: &str, model: &str, timeout: Duration) -> Opt
     Some(parse_details(&value))
 }
 
-fn version_of(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-fn first<'a>(obj: &'a serde_json::Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
-    keys.iter().find_map(|k| obj.get(*k).filter(|v| !v.is_null()))
-}
-
-fn details_of(obj: &serde_json::Map<String, Value>) -> Details {
-    let providers = first(obj, &["providers", "execution_providers"]).and_then(|v| match v {
-        Value::Array(list) => Some(list.iter().filter_map(|p| p.as_str().map(str::to_string)).collect()),
-        Value::String(s) => Some(s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()),
-        _ => None,
-    });
-    let loaded_at = first(obj, &["loaded_at", "available_since", "load_finished_at"]).map(|v| match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    });
-    let load_seconds = first(obj, &["load_seconds", "load_time_seconds", "load_duration_seconds"])
-        .and_then(Value::as_f64)
-        .or_else(|| first(obj, &["load_time_ms", "load_ms"]).and_then(Value::as_f64).map(|ms| ms / 1e3));
-    Details { providers, loaded_at, load_seconds }
-}
-
-/// Reads the versions of a details document: `{"versions": [{"version": .., ...}, ...]}` or
-/// `{"versions": {"<version>": {...}}}` (providers under `providers` or `execution_providers`, a list
-/// or a comma-separated string; load time under `load_seconds`, `load_time_seconds`,
-/// `load_duration_seconds` or `load_time_ms`; the time it finished under `loaded_at`).
+/// Reads the versions of the route's document:
+/// `{"versions": [{"version": 2, "execution_providers": ["CPUExecutionProvider"], "load_time_ms": 7, ...}]}`.
 pub fn parse_details(value: &Value) -> HashMap<i64, Details> {
     let mut out = HashMap::new();
-    let versions = value.get("versions").or_else(|| value.get("model_version_status"));
-    match versions {
-        Some(Value::Array(list)) => {
-            for v in list {
-                if let (Some(obj), Some(n)) = (v.as_object(), v.get("version").and_then(version_of)) {
-                    out.insert(n, details_of(obj));
-                }
-            }
-        }
-        Some(Value::Object(map)) => {
-            for (k, v) in map {
-                if let (Ok(n), Some(obj)) = (k.parse::<i64>(), v.as_object()) {
-                    out.insert(n, details_of(obj));
-                }
-            }
-        }
-        _ => {}
+    for v in value.get("versions").and_then(Value::as_array).into_iter().flatten() {
+        let Some(version) = v.get("version").and_then(Value::as_i64) else { continue };
+        let providers = v
+            .get("execution_providers")
+            .and_then(Value::as_array)
+            .map(|list| list.iter().filter_map(|p| p.as_str().map(str::to_string)).collect());
+        let load_seconds = v.get("load_time_ms").and_then(Value::as_f64).map(|ms| ms / 1e3);
+        out.insert(version, Details { providers, load_seconds });
     }
     out
 }
@@ -116,21 +78,15 @@ mod tests {
 
     #[test]
     fn details_documents() {
-        let d = parse_details(&json!({"versions": [
-            {"version": "2", "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "load_seconds": 1.5,
-             "loaded_at": "2025-01-01T00:00:00Z"},
-            {"version": 1, "execution_providers": "cpu", "load_time_ms": 250}
+        // What `GET /maas/v1/models/{m}` answers (README, "Status route").
+        let d = parse_details(&json!({"model": "m", "problem": null, "versions": [
+            {"version": 2, "state": "AVAILABLE", "execution_providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+             "sessions": 2, "load_time_ms": 1500},
+            {"version": 1, "state": "END", "execution_providers": null, "load_time_ms": null}
         ]}));
-        assert_eq!(
-            d[&2].providers.as_deref(),
-            Some(&["CUDAExecutionProvider".to_string(), "CPUExecutionProvider".to_string()][..])
-        );
-        assert_eq!(d[&2].load_seconds, Some(1.5));
-        assert_eq!(d[&2].loaded_at.as_deref(), Some("2025-01-01T00:00:00Z"));
-        assert_eq!(d[&1].providers.as_deref(), Some(&["cpu".to_string()][..]));
-        assert_eq!(d[&1].load_seconds, Some(0.25));
-        let d = parse_details(&json!({"versions": {"3": {"providers": []}}}));
-        assert_eq!(d[&3].providers.as_deref(), Some(&[][..]));
+        let cuda_cpu = ["CUDAExecutionProvider".to_string(), "CPUExecutionProvider".to_string()];
+        assert_eq!(d[&2], Details { providers: Some(cuda_cpu.to_vec()), load_seconds: Some(1.5) });
+        assert_eq!(d[&1], Details::default());
         assert!(parse_details(&json!({"error": "x"})).is_empty());
     }
 

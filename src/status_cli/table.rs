@@ -1,8 +1,7 @@
 //! The text table of `maas status`.
 use super::{StatusReport, VersionRow};
 
-const HEADER: [&str; 9] =
-    ["MODEL", "VERSION", "STATE", "PROVIDERS", "LOADED", "LOAD_TIME", "REQUESTS", "FAILED", "MESSAGE"];
+const HEADER: [&str; 8] = ["MODEL", "VERSION", "STATE", "PROVIDERS", "LOAD_TIME", "REQUESTS", "FAILED", "MESSAGE"];
 
 fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
@@ -14,7 +13,7 @@ fn one_line(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
-fn cells(r: &VersionRow) -> [String; 9] {
+fn cells(r: &VersionRow) -> [String; 8] {
     [
         one_line(&r.model),
         or_dash(r.version),
@@ -22,7 +21,6 @@ fn cells(r: &VersionRow) -> [String; 9] {
         r.providers
             .as_ref()
             .map_or_else(|| "-".to_string(), |p| if p.is_empty() { "-".into() } else { one_line(&p.join(",")) }),
-        r.loaded_at.as_deref().map_or_else(|| "-".to_string(), one_line),
         r.load_seconds.map_or_else(|| "-".to_string(), |s| format!("{s:.2}s")),
         or_dash(r.requests),
         or_dash(r.failures),
@@ -32,7 +30,7 @@ fn cells(r: &VersionRow) -> [String; 9] {
 
 /// The report as an aligned table (the last column, the message, is not padded).
 pub fn render(report: &StatusReport) -> String {
-    let rows: Vec<[String; 9]> = report.models.iter().map(cells).collect();
+    let rows: Vec<[String; 8]> = report.models.iter().map(cells).collect();
     let mut widths: Vec<usize> = HEADER.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -95,8 +93,8 @@ mod tests {
         };
         let t = render(&report);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "MODEL    VERSION  STATE      PROVIDERS  LOADED  LOAD_TIME  REQUESTS  FAILED  MESSAGE");
-        assert_eq!(lines[1], "numbers  1        AVAILABLE  -          -       -          12        2       -");
-        assert_eq!(lines[2], "m        10       END        cpu        -       0.50s      -         -       bad file");
+        assert_eq!(lines[0], "MODEL    VERSION  STATE      PROVIDERS  LOAD_TIME  REQUESTS  FAILED  MESSAGE");
+        assert_eq!(lines[1], "numbers  1        AVAILABLE  -          -          12        2       -");
+        assert_eq!(lines[2], "m        10       END        cpu        0.50s      -         -       bad file");
     }
 }
