@@ -158,8 +158,9 @@ impl Servable {
         let builder = session_builder(env, cfg.intra_op_threads, cfg.inter_op_threads)?
             .with_log_id(format!("{model}:{version}"))
             .map_err(|e| format!("could not set the log id: {e}"))?;
+        let target = providers::Target { model, version, dir: path.parent().unwrap_or(Path::new(".")) };
         let (mut builder, providers) =
-            providers::register(builder, cfg).map_err(|m| LoadError::new(Code::FailedPrecondition, m))?;
+            providers::register(builder, cfg, &target).map_err(|m| LoadError::new(Code::FailedPrecondition, m))?;
         let pool_size = cfg.sessions();
         let mut sessions = Vec::with_capacity(pool_size);
         for _ in 0..pool_size {
