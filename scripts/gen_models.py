@@ -27,6 +27,8 @@ Written files:
   tests/fixtures/repo/slow/1/model.onnx              many MatMul+Tanh layers
   tests/fixtures/rollout/v<k>.onnx                   y = x + k, x float32 [N, 1], k = 1..12
   tests/fixtures/rollout/warmup_fails.onnx           loads, but its warmup run (N = 1) fails
+  tests/fixtures/value_shapes/expand_shape/1/model.onnx    Expand whose shape is an input
+  tests/fixtures/value_shapes/split_sequence/1/model.onnx  SplitToSequence with a split-sizes input
 """
 
 import argparse
@@ -244,6 +246,85 @@ ROLLOUT = os.path.join(ROOT, "tests", "fixtures", "rollout")
 ROLLOUT_VERSIONS = 12
 
 
+# --------------------------------------------------------------------------
+# value-dependent shapes: valid models whose output shapes depend on input values, so the
+# synthesized warmup (zeros, dynamic dimensions = 1) fails while real requests run
+
+
+VALUE_SHAPES = os.path.join(ROOT, "tests", "fixtures", "value_shapes")
+
+
+def expand_shape():
+    """x f32[N, 3], shape i64[2] -> y = Expand(x, shape): the output shape is the input *value*.
+
+    With zeros for `shape` the broadcast of [1, 3] to [0, 0] is invalid ("invalid expand shape").
+    """
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"], name="expand")],
+        "expand_shape",
+        inputs=[
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [2]),
+        ],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", "cols"])],
+    )
+    return make_model(graph)
+
+
+def split_sequence():
+    """x f32[N], split i64[K] -> SplitToSequence(x, split) -> first = SequenceAt(seq, 0) and
+    joined = ConcatFromSequence(seq, axis 0) (== x): tensor outputs from a sequence.
+
+    With zeros for `split` the sizes (sum 0) do not add up to the length of x (1): the run fails.
+    """
+    zero = numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")
+    graph = helper.make_graph(
+        [
+            helper.make_node("SplitToSequence", ["x", "split"], ["seq"], name="split", axis=0),
+            helper.make_node("SequenceAt", ["seq", "zero"], ["first"], name="first"),
+            helper.make_node("ConcatFromSequence", ["seq"], ["joined"], name="join", axis=0),
+        ],
+        "split_sequence",
+        inputs=[
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"]),
+            helper.make_tensor_value_info("split", TensorProto.INT64, ["k"]),
+        ],
+        outputs=[
+            helper.make_tensor_value_info("first", TensorProto.FLOAT, ["m"]),
+            helper.make_tensor_value_info("joined", TensorProto.FLOAT, ["n"]),
+        ],
+        initializer=[zero],
+    )
+    return make_model(graph)
+
+
+def generate_value_shapes():
+    write_bytes(os.path.join(VALUE_SHAPES, "expand_shape", "1", "model.onnx"), serialize(expand_shape()))
+    write_bytes(os.path.join(VALUE_SHAPES, "split_sequence", "1", "model.onnx"), serialize(split_sequence()))
+
+
+def verify_value_shapes(session, check):
+    print("value_shapes (real inputs run, synthesized zeros fail):")
+    sess = session(os.path.join(VALUE_SHAPES, "expand_shape", "1", "model.onnx"))
+    x = f32([[1, 2, 3]])
+    (y,) = sess.run(["y"], {"x": x, "shape": np.array([2, 3], dtype=np.int64)})
+    check(np.array_equal(y, np.broadcast_to(x, (2, 3))), f"expand_shape y={y.tolist()}")
+    try:
+        sess.run(["y"], {"x": f32([[0, 0, 0]]), "shape": np.zeros(2, dtype=np.int64)})
+        check(False, "expand_shape ran on zeros")
+    except Exception as e:  # noqa: BLE001
+        check(True, f"expand_shape on zeros fails: {str(e)[:80]}")
+    sess = session(os.path.join(VALUE_SHAPES, "split_sequence", "1", "model.onnx"))
+    x = f32([1, 2, 3, 4, 5])
+    first, joined = sess.run(["first", "joined"], {"x": x, "split": np.array([2, 3], dtype=np.int64)})
+    check(first.tolist() == [1, 2] and joined.tolist() == x.tolist(), f"split_sequence first={first} joined={joined}")
+    try:
+        sess.run(["first"], {"x": f32([0]), "split": np.zeros(1, dtype=np.int64)})
+        check(False, "split_sequence ran on zeros")
+    except Exception as e:  # noqa: BLE001
+        check(True, f"split_sequence on zeros fails: {str(e)[:80]}")
+
+
 def generate(slow_layers=SLOW_LAYERS):
     classifier_v1 = serialize(numbers_classifier(1))
     classifier_v2 = serialize(numbers_classifier(2))
@@ -271,6 +352,7 @@ def generate(slow_layers=SLOW_LAYERS):
     for k in range(1, ROLLOUT_VERSIONS + 1):
         write_bytes(os.path.join(ROLLOUT, f"v{k}.onnx"), serialize(offset(k)))
     write_bytes(os.path.join(ROLLOUT, "warmup_fails.onnx"), serialize(warmup_fails()))
+    generate_value_shapes()
 
 
 # --------------------------------------------------------------------------
@@ -399,6 +481,8 @@ def verify():
     check(y.shape == (64, SLOW_WIDTH) and bool(np.all(np.isfinite(y))), f"y shape {y.shape}, std {y.std():.3f}")
     print(f"  runs (ms): {[round(t, 1) for t in times]}; median {med:.1f} ms; file {os.path.getsize(path)} bytes")
     check(100 <= med <= 300, f"median {med:.1f} ms within 100-300 ms")
+
+    verify_value_shapes(session, check)
 
     if failures:
         print(f"{len(failures)} check(s) failed")

@@ -248,7 +248,11 @@ impl GrpcInferenceService for KServeGrpc {
                 if ready_only && state != "READY" {
                     continue;
                 }
-                let reason = if state == "READY" { String::new() } else { s.message };
+                let reason = match state {
+                    "READY" => String::new(),
+                    _ if s.message.is_empty() => s.detail,
+                    _ => s.message,
+                };
                 models.push(pb::repository_index_response::ModelIndex {
                     name: name.clone(),
                     version: v.to_string(),

@@ -1,11 +1,12 @@
-//! REST front ends (axum): TF Serving's `/v1/...`, KServe v2's `/v2/...`, and the Kubernetes probes
-//! `/healthz` and `/readyz`.
+//! REST front ends (axum): TF Serving's `/v1/...`, KServe v2's `/v2/...`, maas's own status route
+//! `/maas/v1/models/{model}`, and the Kubernetes probes `/healthz` and `/readyz`.
 //!
 //! Both protocols translate their JSON into the protocol-neutral [`crate::tensor::InferRequest`] and
 //! call [`crate::runtime::Servable::infer`], like the gRPC front ends; errors are the core
 //! [`Error`]s, with the HTTP status from [`Error::http_status`] and the body `{"error": "<message>"}`
 //! (the error format of both TF Serving REST and v2 REST), with the same message text as gRPC.
 mod json;
+mod maas;
 mod tf;
 mod v2;
 
@@ -36,6 +37,7 @@ pub fn router_with_body_limit(manager: Arc<ModelManager>, max_body_bytes: usize)
         .route("/readyz", get(readyz))
         .merge(tf::routes())
         .merge(v2::routes())
+        .merge(maas::routes())
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -54,6 +54,23 @@ impl TfServing {
     }
 }
 
+/// Decodes a Predict request's inputs and output filter into the core request: what Predict runs,
+/// and what a recorded warmup request replays. `ctx` names the model and version for messages.
+pub(crate) fn decode_request(ctx: &str, req: tfs::PredictRequest) -> Result<InferRequest, Error> {
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for (name, t) in req.inputs {
+        let tensor = tf_tensor::decode(ctx, &name, t)?;
+        inputs.push((name, tensor));
+    }
+    let mut outputs = req.output_filter;
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = outputs.iter().find(|n| !seen.insert(n.as_str())) {
+        return Err(Error::InvalidArgument(format!("{ctx}: output_filter names '{dup}' more than once")));
+    }
+    outputs.shrink_to_fit();
+    Ok(InferRequest { inputs, outputs })
+}
+
 fn spec_out(s: &Servable) -> ModelSpec {
     ModelSpec {
         name: s.model.clone(),
@@ -106,18 +123,8 @@ impl PredictionService for TfServing {
         let req = request.into_inner();
         let servable = self.resolve(req.model_spec.as_ref())?;
         let ctx = format!("model '{}' version {}", servable.model, servable.version);
-        let mut inputs = Vec::with_capacity(req.inputs.len());
-        for (name, t) in req.inputs {
-            let tensor = tf_tensor::decode(&ctx, &name, t)?;
-            inputs.push((name, tensor));
-        }
-        let mut outputs = req.output_filter;
-        let mut seen = std::collections::HashSet::new();
-        if let Some(dup) = outputs.iter().find(|n| !seen.insert(n.as_str())) {
-            return Err(Error::InvalidArgument(format!("{ctx}: output_filter names '{dup}' more than once")).into());
-        }
-        outputs.shrink_to_fit();
-        let response = servable.infer_before(InferRequest { inputs, outputs }, deadline).await?;
+        let request = decode_request(&ctx, req)?;
+        let response = servable.infer_before(request, deadline).await?;
         let outputs: HashMap<String, _> = response
             .outputs
             .into_iter()

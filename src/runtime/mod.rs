@@ -4,6 +4,8 @@ mod batching;
 mod convert;
 pub mod env;
 pub mod gpu;
+mod merge;
+mod padding;
 mod providers;
 mod servable;
 pub mod settings;
@@ -11,7 +13,7 @@ pub mod trt_cache;
 pub mod trt_options;
 
 pub(crate) use convert::string_tensor;
-pub use providers::Provider;
+pub use providers::{Provider, Registered};
 pub(crate) use servable::{session_builder, signature_of};
 pub use servable::{LoadError, Servable, Stats, StatsSnapshot};
 pub use settings::BatchingConfig;

@@ -41,6 +41,25 @@ impl fmt::Display for Provider {
     }
 }
 
+/// The execution providers a version's sessions actually got, in priority order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// e.g. `["CUDAExecutionProvider (device 0)", "CPUExecutionProvider"]`.
+    pub names: Vec<String>,
+    /// Why a configured provider is missing (only with `--allow-cpu-fallback`), e.g. `cuda: ...`.
+    pub fallback: Vec<String>,
+}
+
+impl fmt::Display for Registered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.names.join(", "))?;
+        if !self.fallback.is_empty() {
+            write!(f, " (fallback: {})", self.fallback.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
 /// The model version providers are registered for.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Target<'a> {
@@ -50,13 +69,13 @@ pub(crate) struct Target<'a> {
     pub dir: &'a Path,
 }
 
-/// Registers the configured providers in priority order. Returns the builder and a description of
-/// the providers actually registered (e.g. `CUDAExecutionProvider (device 0), CPUExecutionProvider`).
+/// Registers the configured providers in priority order. Returns the builder and the providers
+/// actually registered.
 pub(crate) fn register(
     mut builder: SessionBuilder,
     cfg: &RuntimeConfig,
     target: &Target<'_>,
-) -> Result<(SessionBuilder, String), String> {
+) -> Result<(SessionBuilder, Registered), String> {
     let mut registered: Vec<String> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     for &p in &cfg.providers {
@@ -112,11 +131,7 @@ pub(crate) fn register(
         tracing::warn!(failures = %failures.join("; "), "GPU execution provider unavailable, falling back to CPU");
     }
     registered.push(Provider::Cpu.ort_name().to_string());
-    let mut desc = registered.join(", ");
-    if !failures.is_empty() {
-        desc.push_str(&format!(" (fallback: {})", failures.join("; ")));
-    }
-    Ok((builder, desc))
+    Ok((builder, Registered { names: registered, fallback: failures }))
 }
 
 /// ONNX Runtime's build description (version branch, commit, flags): part of the engine cache key.
@@ -286,9 +301,9 @@ mod tests {
         );
         assert!(!t.path().join("cache").exists(), "nothing is written without a GPU");
         cfg.allow_cpu_fallback = true;
-        let (_, desc) = register(builder(), &cfg, &target).unwrap();
+        let (_, registered) = register(builder(), &cfg, &target).unwrap();
         assert_eq!(
-            desc,
+            registered.to_string(),
             format!(
                 "CPUExecutionProvider (fallback: tensorrt: {why}; the TensorRT engine cache is keyed by the GPU, so \
                  TensorRT is not used)"

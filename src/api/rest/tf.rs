@@ -187,7 +187,7 @@ fn status(m: &ModelManager, method: &Method, uri: &Uri, name: &str, sel: Sel<'_>
     Ok(status_json(&m.status(name, version)?))
 }
 
-fn error_code_name(code: tonic::Code) -> String {
+pub(super) fn error_code_name(code: tonic::Code) -> String {
     crate::proto::tensorflow::error::Code::try_from(i32::from(code))
         .map_or_else(|_| format!("{code:?}"), |c| c.as_str_name().to_string())
 }
