@@ -50,6 +50,13 @@ pub struct Registered {
     pub fallback: Vec<String>,
 }
 
+impl Registered {
+    /// Whether `p` was registered (the CPU provider always is).
+    pub fn has(&self, p: Provider) -> bool {
+        self.names.iter().any(|n| n.starts_with(p.ort_name()))
+    }
+}
+
 impl fmt::Display for Registered {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.names.join(", "))?;
@@ -278,6 +285,18 @@ mod tests {
     }
 
     #[test]
+    fn registered_knows_which_providers_it_holds() {
+        let r = Registered {
+            names: vec![
+                "TensorrtExecutionProvider (device 0, engine cache /c/engines/k)".into(),
+                "CPUExecutionProvider".into(),
+            ],
+            fallback: vec![],
+        };
+        assert!(r.has(Provider::TensorRt) && r.has(Provider::Cpu) && !r.has(Provider::Cuda));
+    }
+
+    #[test]
     fn tensorrt_without_an_identifiable_gpu_is_refused_or_falls_back() {
         let env = crate::runtime::env::init(None).unwrap();
         let Err(why) = gpu::identify(0) else {
@@ -302,6 +321,7 @@ mod tests {
         assert!(!t.path().join("cache").exists(), "nothing is written without a GPU");
         cfg.allow_cpu_fallback = true;
         let (_, registered) = register(builder(), &cfg, &target).unwrap();
+        assert!(!registered.has(Provider::TensorRt) && registered.has(Provider::Cpu));
         assert_eq!(
             registered.to_string(),
             format!(
