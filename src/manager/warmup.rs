@@ -54,7 +54,12 @@ impl std::fmt::Display for WarmupOutcome {
 
 /// Warms up every session of `servable`: the recorded requests if the version has a warmup file,
 /// otherwise synthesized inputs. Blocking; call it on the loader thread before publishing.
-pub fn run(servable: &Servable, enabled: bool, iterations: u32) -> Result<WarmupOutcome, LoadError> {
+pub fn run(
+    servable: &Servable,
+    enabled: bool,
+    iterations: u32,
+    max_tensor_bytes: usize,
+) -> Result<WarmupOutcome, LoadError> {
     if !enabled {
         return Ok(WarmupOutcome::Disabled);
     }
@@ -62,7 +67,7 @@ pub fn run(servable: &Servable, enabled: bool, iterations: u32) -> Result<Warmup
     if file.is_file() {
         // As in TF Serving, 0 iterations means the default, 1.
         let iterations = iterations.max(1);
-        let records = replay(servable, &file, iterations)?;
+        let records = replay(servable, &file, iterations, max_tensor_bytes)?;
         return Ok(WarmupOutcome::Recorded { records, iterations });
     }
     match synthesized(servable) {
@@ -80,7 +85,7 @@ pub fn run(servable: &Servable, enabled: bool, iterations: u32) -> Result<Warmup
 }
 
 /// Replays the records of `file` on every session; returns the number of records.
-fn replay(servable: &Servable, file: &Path, iterations: u32) -> Result<usize, LoadError> {
+fn replay(servable: &Servable, file: &Path, iterations: u32, max_tensor_bytes: usize) -> Result<usize, LoadError> {
     let bytes = std::fs::read(file).map_err(|e| {
         LoadError::new(Code::FailedPrecondition, format!("cannot read the warmup file {}: {e}", file.display()))
     })?;
@@ -101,8 +106,8 @@ fn replay(servable: &Servable, file: &Path, iterations: u32) -> Result<usize, Lo
         let n = i + 1;
         let failed = |code: Code, m: String| LoadError::new(code, format!("warmup record {n}: {m}"));
         let request = recorded_request(&ctx, data.clone()).map_err(|m| failed(Code::InvalidArgument, m))?;
-        // Bounded like a request, at the default --max-tensor-bytes (the configured one is not passed here).
-        let budget = &mut crate::tensor::Budget::new(crate::runtime::RuntimeConfig::default().max_tensor_bytes);
+        // Bounded like a request, by --max-tensor-bytes.
+        let budget = &mut crate::tensor::Budget::new(max_tensor_bytes);
         let request = decode_request(&ctx, request, budget).map_err(|e| failed(e.code(), e.to_string()))?;
         servable.validate(&request).map_err(|e| failed(e.code(), e.to_string()))?;
         for session in 0..servable.pool_size() {
