@@ -45,9 +45,9 @@ impl Env {
     }
 
     /// Replaces every credential value of the environment found in `text` (a store's error can
-    /// echo a key id, e.g. S3's SignatureDoesNotMatch).
+    /// echo a key id, e.g. S3's SignatureDoesNotMatch), on one line (an error body may be XML).
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
+        let mut out = text.split_whitespace().collect::<Vec<_>>().join(" ");
         for (k, v) in &self.0 {
             let secret = ["KEY", "SECRET", "TOKEN", "PASSWORD", "SAS", "CREDENTIAL"].iter().any(|s| k.contains(s));
             if secret && v.len() >= 4 {

@@ -257,6 +257,9 @@ impl Remote {
             let keep_v = wanted.contains(&v) || in_use.contains(&v);
             match view.stability {
                 Stability::Changing => {
+                    // It may be wanted once stable (after a restart, every version is changing
+                    // until the second listing): its cached copy stays.
+                    keep.insert(v);
                     out.insert(v, (dir, None));
                 }
                 Stability::Stable | Stability::Missing if keep_v => {
@@ -381,7 +384,8 @@ impl Remote {
     /// models that two listings agree are gone (unless still in use).
     pub fn clean(&self, uri: &RemoteUri, in_use: &BTreeMap<String, BTreeSet<i64>>) {
         let sh = lock(&self.shared);
-        let Some(root) = sh.roots.get(uri) else { return };
+        // One listing decides nothing, removals included.
+        let Some(root) = sh.roots.get(uri).filter(|r| r.listings >= 2) else { return };
         let base = self.cfg.cache_dir.join(uri.cache_path());
         let mut removed = Vec::new();
         match root.kind {

@@ -266,6 +266,10 @@ async fn a_restarted_poller_uses_its_cache_and_cleans_what_is_no_longer_served()
     // "Restart": a new poller on the same store and cache.
     let restarted = Fixture::with(f.store.clone(), f.cache);
     restarted.poll("m", &[]).await;
+    // The watcher cleans after each listing: the first one (everything still changing) must not
+    // take the cache away.
+    restarted.remote.clean(&restarted.uri, &BTreeMap::new());
+    assert!(restarted.dir("m", 1).join("model.onnx").is_file());
     let (_, v) = restarted.poll("m", &[]).await;
     assert_eq!(v[&1], Some(fp1));
     assert_eq!(restarted.count(&restarted.remote.stats.downloads), 0, "not downloaded again");
