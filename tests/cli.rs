@@ -44,6 +44,8 @@ fn help_documents_every_flag() {
         "--enable-model-warmup",
         "--allow-version-labels-for-unavailable-models",
         "--reload-config-timeout-seconds",
+        "--model-cache-dir",
+        "--object-store-metadata-credentials",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
