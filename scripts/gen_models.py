@@ -31,6 +31,8 @@ Written files:
                                                      model.onnx alone does not load (object-store tests)
   tests/fixtures/value_shapes/expand_shape/1/model.onnx    Expand whose shape is an input
   tests/fixtures/value_shapes/split_sequence/1/model.onnx  SplitToSequence with a split-sizes input
+  tests/fixtures/rows/extra_row/1/model.onnx         x f32[N, 2] -> y = Concat(x, x[0:1]): N + 1 rows
+  tests/fixtures/rows/uneven_rows/1/model.onnx       x f32[N, 2] -> a = x (N rows), b = Concat(x, x[0:1]) (N + 1)
 """
 
 import argparse
@@ -378,6 +380,73 @@ def generate(slow_layers=SLOW_LAYERS):
     write_bytes(os.path.join(OBJSTORE, "v2", "model.onnx"), model)
     write_bytes(os.path.join(OBJSTORE, "v2", "offset.bin"), data)
     generate_value_shapes()
+    generate_rows()
+
+
+# --------------------------------------------------------------------------
+# REST row format: outputs whose first dimension is not the number of instances
+
+
+ROWS = os.path.join(ROOT, "tests", "fixtures", "rows")
+
+
+def _with_first_row(x, out, prefix):
+    """Nodes computing out = Concat(x, x[0:1]) along axis 0 (one row more than x)."""
+    consts = [
+        numpy_helper.from_array(np.array([0], dtype=np.int64), f"{prefix}_start"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), f"{prefix}_end"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), f"{prefix}_axis"),
+    ]
+    nodes = [
+        helper.make_node(
+            "Slice", [x, f"{prefix}_start", f"{prefix}_end", f"{prefix}_axis"], [f"{prefix}_first"], name=f"{prefix}_slice"
+        ),
+        helper.make_node("Concat", [x, f"{prefix}_first"], [out], name=f"{prefix}_concat", axis=0),
+    ]
+    return nodes, consts
+
+
+def extra_row():
+    """x f32[N, 2] -> y f32[N + 1, 2] = Concat(x, x[0:1]): more rows than instances."""
+    nodes, consts = _with_first_row("x", "y", "y")
+    graph = helper.make_graph(
+        nodes,
+        "extra_row",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 2])],
+        initializer=consts,
+    )
+    return make_model(graph)
+
+
+def uneven_rows():
+    """x f32[N, 2] -> a = x (N rows) and b = Concat(x, x[0:1]) (N + 1 rows): outputs that disagree."""
+    nodes, consts = _with_first_row("x", "b", "b")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["a"], name="a")] + nodes,
+        "uneven_rows",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        outputs=[
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["rows", 2]),
+        ],
+        initializer=consts,
+    )
+    return make_model(graph)
+
+
+def generate_rows():
+    write_bytes(os.path.join(ROWS, "extra_row", "1", "model.onnx"), serialize(extra_row()))
+    write_bytes(os.path.join(ROWS, "uneven_rows", "1", "model.onnx"), serialize(uneven_rows()))
+
+
+def verify_rows(session, check):
+    print("rows (outputs with another first dimension than the input):")
+    x = f32([[1, 2], [3, 4]])
+    (y,) = session(os.path.join(ROWS, "extra_row", "1", "model.onnx")).run(["y"], {"x": x})
+    check(y.tolist() == [[1, 2], [3, 4], [1, 2]], f"extra_row y={y.tolist()}")
+    a, b = session(os.path.join(ROWS, "uneven_rows", "1", "model.onnx")).run(["a", "b"], {"x": x})
+    check(a.shape == (2, 2) and b.shape == (3, 2), f"uneven_rows a{a.shape} b{b.shape}")
 
 
 # --------------------------------------------------------------------------
@@ -508,6 +577,7 @@ def verify():
     check(100 <= med <= 300, f"median {med:.1f} ms within 100-300 ms")
 
     verify_value_shapes(session, check)
+    verify_rows(session, check)
 
     if failures:
         print(f"{len(failures)} check(s) failed")

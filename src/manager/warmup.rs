@@ -101,7 +101,9 @@ fn replay(servable: &Servable, file: &Path, iterations: u32) -> Result<usize, Lo
         let n = i + 1;
         let failed = |code: Code, m: String| LoadError::new(code, format!("warmup record {n}: {m}"));
         let request = recorded_request(&ctx, data.clone()).map_err(|m| failed(Code::InvalidArgument, m))?;
-        let request = decode_request(&ctx, request).map_err(|e| failed(e.code(), e.to_string()))?;
+        // Bounded like a request, at the default --max-tensor-bytes (the configured one is not passed here).
+        let budget = &mut crate::tensor::Budget::new(crate::runtime::RuntimeConfig::default().max_tensor_bytes);
+        let request = decode_request(&ctx, request, budget).map_err(|e| failed(e.code(), e.to_string()))?;
         servable.validate(&request).map_err(|e| failed(e.code(), e.to_string()))?;
         for session in 0..servable.pool_size() {
             for _ in 0..iterations {
