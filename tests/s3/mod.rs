@@ -71,6 +71,8 @@ impl Seaweed {
             .arg(format!("-admin.port.grpc={}", p[9]))
             .arg(format!("-filer.localSocket={}", dir.join("filer.sock").display()))
             .arg(format!("-s3.localSocket={}", dir.join("s3.sock").display()))
+            // Its glog files go to $TMPDIR: keep them in the test's directory.
+            .env("TMPDIR", dir)
             .env("AWS_ACCESS_KEY_ID", KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
             .stdin(Stdio::null())
@@ -146,6 +148,15 @@ impl Seaweed {
 impl Drop for Seaweed {
     fn drop(&mut self) {
         self.stop();
+        // Its gRPC servers also listen on /tmp/seaweedfs-<server>-grpc-<port>.sock, whatever
+        // TMPDIR says: remove the ones of our ports.
+        for entry in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = [1, 3, 5, 7, 9].iter().any(|&i| name.ends_with(&format!("-grpc-{}.sock", self.ports[i])));
+            if name.starts_with("seaweedfs-") && ours {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
