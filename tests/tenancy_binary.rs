@@ -61,7 +61,7 @@ async fn real_clients_sighup_usage_log_and_no_secrets() {
         .arg(&pki.server_key)
         .arg("--tenant-config-file")
         .arg(&file)
-        .args(["--tenant-config-file-poll-wait-seconds", "0"])
+        .args(["--tenant-config-file-poll-wait-seconds", "0", "--access-log"])
         .arg("--usage-log-file")
         .arg(&usage_log)
         .stdout(Stdio::piped())
@@ -214,6 +214,7 @@ async fn real_clients_sighup_usage_log_and_no_secrets() {
 
     // No secret anywhere: tokens, digests, the private key.
     assert!(logs.contains("TRACE"), "trace logging was on");
+    assert!(logs.contains("maas::access"), "the access log was on");
     let key_body: String = pki.server_key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
     for token in [&acme, &acme2, &ops] {
         let digest = maas::tenancy::keys::Digest::of(token.as_bytes()).to_hex();

@@ -74,6 +74,7 @@ pub fn router_with_tenancy(
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(TensorLimit(max_tensor_bytes)))
         .layer(axum::middleware::from_fn_with_state(tenancy, crate::tenancy::auth::rest_layer))
+        .layer(axum::middleware::from_fn(crate::logging::rest::rest_request_middleware))
         .with_state(manager)
 }
 

@@ -94,6 +94,7 @@ impl ModelManager {
 
     /// The servable a request asks for.
     pub fn resolve(&self, model: &str, selector: &VersionSelector) -> Result<Arc<Servable>, Error> {
+        crate::logging::note_model(model);
         let table = self.table.load();
         // A model outside the caller's allow-list is answered exactly like a missing one.
         let Some(m) = table.models.get(model).filter(|_| crate::tenancy::visible(model)) else {
@@ -169,6 +170,7 @@ impl ModelManager {
 
     /// Status of a model's versions (one version if given), as GetModelStatus reports it.
     pub fn status(&self, model: &str, version: Option<i64>) -> Result<Vec<(i64, VersionStatus)>, Error> {
+        crate::logging::note_model(model);
         let state = self.lock();
         let Some(rec) = state.models.get(model).filter(|_| crate::tenancy::visible(model)) else {
             let known: Vec<&str> =
