@@ -15,6 +15,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve every model of a model repository over gRPC.
@@ -171,6 +173,16 @@ pub struct ServeArgs {
     /// Models loaded at the same time.
     #[arg(long, alias = "num_load_threads", default_value_t = 1, value_name = "N")]
     pub num_load_threads: usize,
+
+    /// TF Serving MonitoringConfig (text format): `prometheus_config { enable: true path: "..." }`
+    /// also serves the Prometheus metrics at that path (default /monitoring/prometheus/metrics) on
+    /// the REST port. /metrics is always served.
+    #[arg(long, alias = "monitoring_config_file", value_name = "FILE")]
+    pub monitoring_config_file: Option<PathBuf>,
+
+    /// Also serve the Prometheus metrics on this port, on its own listener (0 = off).
+    #[arg(long, alias = "metrics_port", default_value_t = 0, value_name = "PORT")]
+    pub metrics_port: u16,
 }
 
 /// Everything `server::serve` needs, already validated.
@@ -184,6 +196,8 @@ pub struct ServeConfig {
     /// The config file to re-read, and how often.
     pub model_config_file: Option<(PathBuf, Duration)>,
     pub reload_config_timeout: Duration,
+    /// Where `--monitoring-config-file` also serves the metrics (besides /metrics).
+    pub monitoring_path: Option<String>,
 }
 
 impl ServeConfig {
@@ -201,6 +215,7 @@ impl ServeConfig {
             drain_timeout: Duration::from_secs(30),
             model_config_file: None,
             reload_config_timeout: Duration::from_secs(60),
+            monitoring_path: None,
         }
     }
 }
@@ -296,6 +311,10 @@ impl ServeArgs {
                 _ => None,
             },
             reload_config_timeout: reload_timeout,
+            monitoring_path: match &self.monitoring_config_file {
+                Some(f) => crate::metrics::http::read_monitoring_config(f)?,
+                None => None,
+            },
         })
     }
 }

@@ -191,6 +191,7 @@ pub struct ModelManager {
     state: Mutex<State>,
     load_slots: Arc<Semaphore>,
     wake: Notify,
+    metrics: crate::metrics::Registry,
 }
 
 impl std::fmt::Debug for ModelManager {
@@ -220,7 +221,13 @@ impl ModelManager {
                 initial_done: false,
             }),
             wake: Notify::new(),
+            metrics: crate::metrics::Registry::for_loaded_runtime(),
         }
+    }
+
+    /// The server's Prometheus series.
+    pub fn metrics(&self) -> &crate::metrics::Registry {
+        &self.metrics
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -293,6 +300,7 @@ impl ModelManager {
                     .collect(),
                 Err(e) => {
                     // Keep serving what is loaded: a storage hiccup must not unload everything.
+                    self.metrics.polled(false);
                     tracing::error!(repository = %root.display(), "cannot read the model repository: {e}");
                     return Vec::new();
                 }
@@ -311,6 +319,7 @@ impl ModelManager {
         }
         let handles = self.reconcile(&mut state, scanned);
         self.publish(&state);
+        self.metrics.polled(true);
         handles
     }
 
@@ -551,6 +560,7 @@ impl ModelManager {
                     took.as_millis()
                 );
                 tracing::info!(model, version, "{message}");
+                self.metrics.register(&servable, took);
                 let old = vr.servable.replace(Arc::new(servable));
                 vr.state = VersionState::Available;
                 vr.code = Code::Ok;
@@ -561,6 +571,7 @@ impl ModelManager {
                 }
             }
             Err(e) => {
+                self.metrics.load_failed(model);
                 vr.failures += 1;
                 let retries_left = self.cfg.max_load_retries.saturating_sub(vr.failures - 1);
                 tracing::error!(model, version, code = ?e.code, retries_left, "failed to load: {}", e.message);

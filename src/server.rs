@@ -41,6 +41,18 @@ pub async fn serve(
     rest: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    serve_with_metrics(cfg, env, listener, rest, None, shutdown).await
+}
+
+/// Like [`serve`], also serving the Prometheus metrics on `metrics` (`--metrics-port`).
+pub async fn serve_with_metrics(
+    cfg: ServeConfig,
+    env: &'static ort::environment::Environment,
+    listener: TcpListener,
+    rest: Option<TcpListener>,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     let manager = Arc::new(ModelManager::new(env, cfg.manager.clone(), cfg.source.clone()));
     let api = TfServing::new(Arc::clone(&manager), cfg.tensor_content_output, cfg.reload_config_timeout);
 
@@ -93,6 +105,7 @@ pub async fn serve(
             let rest_addr = rest_listener.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(addr = %rest_addr, "maas REST server listening");
             let router = crate::api::rest::router_with_body_limit(Arc::clone(&manager), cfg.max_message_size_bytes);
+            let router = crate::metrics::http::with_path(router, &manager, cfg.monitoring_path.as_deref());
             let mut stop = stop_rx.clone();
             Some(tokio::spawn(async move {
                 let graceful = async move {
@@ -110,6 +123,23 @@ pub async fn serve(
                 .await
                 {
                     tracing::error!("REST server error: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
+    let metrics_task = match metrics {
+        Some(l) => {
+            let addr = l.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(%addr, "maas metrics server listening");
+            let router = crate::metrics::http::metrics_router(&manager, cfg.monitoring_path.as_deref());
+            let mut stop = stop_rx.clone();
+            let graceful = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, router).with_graceful_shutdown(graceful).await {
+                    tracing::error!("metrics server error: {e}");
                 }
             }))
         }
@@ -156,6 +186,9 @@ pub async fn serve(
     };
     if let Some(t) = rest_task {
         // Bounded like the gRPC drain.
+        let _ = tokio::time::timeout(cfg.drain_timeout, t).await;
+    }
+    if let Some(t) = metrics_task {
         let _ = tokio::time::timeout(cfg.drain_timeout, t).await;
     }
     loader.abort();

@@ -223,6 +223,8 @@ pub struct InferRequest {
 #[derive(Debug, Clone, Default)]
 pub struct InferResponse {
     pub outputs: Vec<(String, Tensor)>,
+    /// Where the servable spent the time (for the metrics).
+    pub stages: crate::metrics::Stages,
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! REST front ends (axum): TF Serving's `/v1/...`, KServe v2's `/v2/...`, and the Kubernetes probes
-//! `/healthz` and `/readyz`.
+//! REST front ends (axum): TF Serving's `/v1/...`, KServe v2's `/v2/...`, the Kubernetes probes
+//! `/healthz` and `/readyz`, and the Prometheus metrics at `/metrics`.
 //!
 //! Both protocols translate their JSON into the protocol-neutral [`crate::tensor::InferRequest`] and
 //! call [`crate::runtime::Servable::infer`], like the gRPC front ends; errors are the core
@@ -34,6 +34,7 @@ pub fn router_with_body_limit(manager: Arc<ModelManager>, max_body_bytes: usize)
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(crate::metrics::http::METRICS_PATH, get(crate::metrics::http::scrape))
         .merge(tf::routes())
         .merge(v2::routes())
         .fallback(fallback)

@@ -2,6 +2,7 @@
 use super::tf_tensor;
 use crate::error::Error;
 use crate::manager::{ModelManager, VersionSelector, VersionState};
+use crate::metrics::{Api, Call};
 use crate::proto::tensorflow::serving::{
     self as tfs, model_service_server::ModelService, model_spec::VersionChoice,
     prediction_service_server::PredictionService, ModelSpec,
@@ -54,6 +55,39 @@ impl TfServing {
     }
 }
 
+impl TfServing {
+    /// Predict, measured by `call`.
+    async fn predict_with(
+        &self,
+        request: Request<tfs::PredictRequest>,
+        call: &mut Call<'_>,
+    ) -> Result<Response<tfs::PredictResponse>, Error> {
+        let deadline = super::grpc_deadline(request.metadata());
+        let req = request.into_inner();
+        let servable = self.resolve(req.model_spec.as_ref())?;
+        call.servable(&servable);
+        let ctx = format!("model '{}' version {}", servable.model, servable.version);
+        let mut inputs = Vec::with_capacity(req.inputs.len());
+        for (name, t) in req.inputs {
+            let tensor = tf_tensor::decode(&ctx, &name, t)?;
+            inputs.push((name, tensor));
+        }
+        let mut outputs = req.output_filter;
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = outputs.iter().find(|n| !seen.insert(n.as_str())) {
+            return Err(Error::InvalidArgument(format!("{ctx}: output_filter names '{dup}' more than once")));
+        }
+        outputs.shrink_to_fit();
+        let response = call.infer(&servable, InferRequest { inputs, outputs }, deadline).await?;
+        let outputs: HashMap<String, _> = response
+            .outputs
+            .into_iter()
+            .map(|(name, t)| (name, tf_tensor::encode(t, self.tensor_content_output)))
+            .collect();
+        Ok(Response::new(tfs::PredictResponse { model_spec: Some(spec_out(&servable)), outputs }))
+    }
+}
+
 fn spec_out(s: &Servable) -> ModelSpec {
     ModelSpec {
         name: s.model.clone(),
@@ -103,27 +137,9 @@ impl PredictionService for TfServing {
 
     async fn predict(&self, request: Request<tfs::PredictRequest>) -> Result<Response<tfs::PredictResponse>, Status> {
         let deadline = super::grpc_deadline(request.metadata());
-        let req = request.into_inner();
-        let servable = self.resolve(req.model_spec.as_ref())?;
-        let ctx = format!("model '{}' version {}", servable.model, servable.version);
-        let mut inputs = Vec::with_capacity(req.inputs.len());
-        for (name, t) in req.inputs {
-            let tensor = tf_tensor::decode(&ctx, &name, t)?;
-            inputs.push((name, tensor));
-        }
-        let mut outputs = req.output_filter;
-        let mut seen = std::collections::HashSet::new();
-        if let Some(dup) = outputs.iter().find(|n| !seen.insert(n.as_str())) {
-            return Err(Error::InvalidArgument(format!("{ctx}: output_filter names '{dup}' more than once")).into());
-        }
-        outputs.shrink_to_fit();
-        let response = servable.infer_before(InferRequest { inputs, outputs }, deadline).await?;
-        let outputs: HashMap<String, _> = response
-            .outputs
-            .into_iter()
-            .map(|(name, t)| (name, tf_tensor::encode(t, self.tensor_content_output)))
-            .collect();
-        Ok(Response::new(tfs::PredictResponse { model_spec: Some(spec_out(&servable)), outputs }))
+        let mut call = Call::start(self.manager.metrics(), Api::Predict).with_deadline(deadline);
+        let result = self.predict_with(request, &mut call).await;
+        call.finish(result).map_err(Status::from)
     }
 
     async fn multi_inference(

@@ -177,6 +177,7 @@ impl Batcher {
                 }
             }
         };
+        servable.metrics().pending_add(1);
         if wake {
             self.shared.wake.notify_one();
         }
@@ -256,6 +257,8 @@ fn worker(shared: &Shared, servable: &Weak<Servable>, cfg: &BatchingConfig, sess
 }
 
 fn run_batch(servable: &Servable, cfg: &BatchingConfig, session: usize, tasks: Vec<Task>) {
+    let popped = Instant::now();
+    servable.metrics().pending_add(-(tasks.len() as i64));
     // Requests whose client went away are dropped; those past their deadline are answered so.
     let mut live = Vec::with_capacity(tasks.len());
     for t in tasks {
@@ -279,11 +282,13 @@ fn run_batch(servable: &Servable, cfg: &BatchingConfig, session: usize, tasks: V
     let run_rows = cfg.padded_rows(rows);
     let result = merge(servable, &live, run_rows)
         .and_then(|req| servable.run_on_session(session, &req))
-        .and_then(|resp| split(servable, resp, &live, run_rows));
+        .and_then(|resp| Ok((resp.stages, split(servable, resp, &live, run_rows)?)));
     match result {
-        Ok(parts) => {
+        Ok((stages, parts)) => {
+            let stages = crate::metrics::call::batched(stages, popped);
             for (t, outputs) in live.into_iter().zip(parts) {
-                let answer = select(servable, outputs, &t.outputs);
+                let answer = select(servable, outputs, &t.outputs)
+                    .map(|r| crate::metrics::call::in_batch(r, stages, t.started, popped));
                 finish(servable, t, answer);
             }
         }
@@ -452,7 +457,7 @@ pub(crate) fn slice_rows(t: &Tensor, offset: usize, n: usize, rows: usize) -> Te
 /// The outputs a request asked for, in its order (all, in model order, when it named none).
 fn select(servable: &Servable, mut outputs: Vec<(String, Tensor)>, wanted: &[String]) -> Result<InferResponse, Error> {
     if wanted.is_empty() {
-        return Ok(InferResponse { outputs });
+        return Ok(InferResponse { outputs, ..Default::default() });
     }
     let mut picked = Vec::with_capacity(wanted.len());
     for name in wanted {
@@ -461,7 +466,7 @@ fn select(servable: &Servable, mut outputs: Vec<(String, Tensor)>, wanted: &[Str
         })?;
         picked.push(outputs.swap_remove(at));
     }
-    Ok(InferResponse { outputs: picked })
+    Ok(InferResponse { outputs: picked, ..Default::default() })
 }
 
 #[cfg(test)]

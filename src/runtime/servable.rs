@@ -16,7 +16,7 @@ use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{Outlet, ValueType};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 use tonic::Code;
@@ -46,6 +46,7 @@ pub(crate) struct InFlight(Arc<Servable>);
 impl InFlight {
     fn admit(s: &Arc<Servable>) -> Result<InFlight, Error> {
         let before = s.in_flight.fetch_add(1, Ordering::AcqRel);
+        s.metrics().in_flight_add(1);
         let guard = InFlight(Arc::clone(s));
         if s.max_in_flight > 0 && before >= s.max_in_flight {
             return Err(Error::ResourceExhausted(format!(
@@ -61,6 +62,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics().in_flight_add(-1);
     }
 }
 
@@ -128,6 +130,8 @@ pub struct Servable {
     permits: Arc<Semaphore>,
     /// Dynamic batching, when configured and the model allows it.
     batcher: Option<Batcher>,
+    /// Prometheus series, given by the registry when the version is registered.
+    metrics: OnceLock<Arc<crate::metrics::VersionMetrics>>,
 }
 
 impl std::fmt::Debug for Servable {
@@ -192,7 +196,18 @@ impl Servable {
             max_in_flight: cfg.max_in_flight,
             permits: Arc::new(Semaphore::new(sessions.len())),
             sessions: sessions.into_iter().map(Mutex::new).collect(),
+            metrics: OnceLock::new(),
         })
+    }
+
+    /// This version's Prometheus series (series that are never exported until registered).
+    pub fn metrics(&self) -> &Arc<crate::metrics::VersionMetrics> {
+        self.metrics.get().unwrap_or_else(|| crate::metrics::detached())
+    }
+
+    /// Gives the version its series (once; see [`crate::metrics::Registry::register`]).
+    pub(crate) fn attach_metrics(&self, m: Arc<crate::metrics::VersionMetrics>) {
+        let _ = self.metrics.set(m);
     }
 
     /// Number of sessions in the pool.
@@ -315,24 +330,27 @@ impl Servable {
                 .await
                 .map_err(|_| Error::Internal(format!("{}: the batch thread dropped the request", self.what())))?;
         }
+        let (queued, waiting) = (Instant::now(), self.metrics().waiting());
         let permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Error::Unavailable(format!("{} is unloading", self.what())))?;
+        drop(waiting);
         let this = Arc::clone(self);
         // Statistics are recorded on the blocking thread, so they count requests whose client
         // gave up while they waited.
         tokio::task::spawn_blocking(move || {
             let _admitted = admitted;
+            let waited = queued.elapsed();
             let result = match deadline {
                 Some(d) if Instant::now() >= d => Err(Error::DeadlineExceeded(format!(
                     "{}: the client's deadline passed after {} ms waiting for a free session; the request was not run",
                     this.what(),
                     started.elapsed().as_millis()
                 ))),
-                _ => this.run_blocking(&req),
+                _ => this.run_blocking(&req).map(|r| crate::metrics::call::queued(r, waited)),
             };
             drop(permit);
             this.stats.record(result.is_ok(), started.elapsed());
@@ -345,6 +363,7 @@ impl Servable {
     /// Runs a validated request on a free session. Blocking.
     pub fn run_blocking(&self, req: &InferRequest) -> Result<InferResponse, Error> {
         self.stats.executions.fetch_add(1, Ordering::Relaxed);
+        self.metrics().executed();
         self.run_on(req, || self.take_session())
     }
 
@@ -353,6 +372,7 @@ impl Servable {
     pub(crate) fn run_on_session(&self, i: usize, req: &InferRequest) -> Result<InferResponse, Error> {
         let session = &self.sessions[i % self.sessions.len()];
         self.stats.executions.fetch_add(1, Ordering::Relaxed);
+        self.metrics().executed();
         self.run_on(req, || Ok(session.lock().unwrap_or_else(|p| p.into_inner())))
     }
 
@@ -363,6 +383,7 @@ impl Servable {
         req: &InferRequest,
         take: impl FnOnce() -> Result<MutexGuard<'s, Session>, Error>,
     ) -> Result<InferResponse, Error> {
+        let started = Instant::now();
         let mut inputs: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(req.inputs.len());
         for (name, t) in &req.inputs {
             inputs.push((
@@ -370,7 +391,9 @@ impl Servable {
                 to_input(name, t).map_err(|m| Error::InvalidArgument(format!("{}: {m}", self.what())))?,
             ));
         }
+        let converted = Instant::now();
         let mut guard = take()?;
+        let acquired = Instant::now();
         let session: &mut Session = &mut guard;
         let runtime_err = |e: ort::Error| Error::Runtime {
             model: self.model.clone(),
@@ -397,6 +420,7 @@ impl Servable {
             Some(options) => session.run_with_options(inputs, options),
         }
         .map_err(runtime_err)?;
+        let ran = Instant::now();
         let mut values = Vec::with_capacity(wanted.len());
         for name in wanted {
             let value = outputs
@@ -412,7 +436,8 @@ impl Servable {
             let tensor = from_output(name, value).map_err(Error::Internal)?;
             result.push((name.to_string(), tensor));
         }
-        Ok(InferResponse { outputs: result })
+        let stages = crate::metrics::Stages::timed(started, converted, acquired, ran);
+        Ok(InferResponse { outputs: result, stages })
     }
 
     /// Runs every session once on inputs synthesized from the signature (dynamic dimensions = 1,

@@ -9,6 +9,7 @@ use crate::api::tf_tensor::dtype_to_tf;
 use crate::api::tfserving::DEFAULT_SIGNATURE;
 use crate::error::Error;
 use crate::manager::{ModelManager, VersionSelector, VersionStatus};
+use crate::metrics::{Api, Call};
 use crate::runtime::Servable;
 use crate::tensor::{DType, InferRequest, Tensor, TensorData, TensorSpec};
 use axum::extract::rejection::BytesRejection;
@@ -171,11 +172,13 @@ async fn post(
              signatures; use Predict"
         )));
     }
+    let mut call = Call::start(m.metrics(), Api::PredictRest);
     let body = match body {
         Ok(b) => b,
-        Err(r) => return body_rejected(r),
+        Err(r) => return call.fail_http(r.status().as_u16(), body_rejected(r)),
     };
-    respond(predict(m, name, selector, &body).await)
+    let result = predict(m, name, selector, &body, &mut call).await;
+    respond(call.finish(result))
 }
 
 fn status(m: &ModelManager, method: &Method, uri: &Uri, name: &str, sel: Sel<'_>) -> Result<String, Error> {
@@ -232,7 +235,13 @@ fn metadata(m: &ModelManager, method: &Method, uri: &Uri, name: &str, sel: Sel<'
     .to_string())
 }
 
-async fn predict(m: &ModelManager, name: &str, selector: VersionSelector, body: &[u8]) -> Result<String, Error> {
+async fn predict(
+    m: &ModelManager,
+    name: &str,
+    selector: VersionSelector,
+    body: &[u8],
+    call: &mut Call<'_>,
+) -> Result<String, Error> {
     let value = json::parse(body).map_err(Error::InvalidArgument)?;
     let Some(obj) = value.as_object() else {
         return Err(Error::InvalidArgument(format!(
@@ -272,6 +281,7 @@ async fn predict(m: &ModelManager, name: &str, selector: VersionSelector, body: 
             (None, Some(_)) => None,
         };
     let servable = m.resolve(name, &selector)?;
+    call.servable(&servable);
     let ctx = format!("model '{}' version {}", servable.model, servable.version);
     let (inputs, batch) = match rows {
         Some(instances) => {
@@ -280,7 +290,7 @@ async fn predict(m: &ModelManager, name: &str, selector: VersionSelector, body: 
         }
         None => (decode_columns(&servable, &ctx, obj.get("inputs").unwrap_or(&Value::Null))?, None),
     };
-    let response = servable.infer(InferRequest { inputs, outputs: Vec::new() }).await?;
+    let response = call.infer(&servable, InferRequest { inputs, outputs: Vec::new() }, None).await?;
     match batch {
         Some(n) => encode_rows(&ctx, &response.outputs, n),
         None => Ok(encode_columns(&response.outputs)),

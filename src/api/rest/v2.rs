@@ -8,6 +8,7 @@ use super::{body_rejected, error_response, json_response, respond, Mgr};
 use crate::api::v2_types::{dtype_from_v2, dtype_to_v2, supported_v2};
 use crate::error::Error;
 use crate::manager::{ModelManager, VersionSelector};
+use crate::metrics::{Api, Call};
 use crate::tensor::{element_count, fmt_shape, InferRequest, Tensor, TensorData, TensorSpec};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -113,10 +114,7 @@ async fn version_metadata(State(m): Mgr, Path((name, v)): Path<(String, String)>
 }
 
 async fn infer(State(m): Mgr, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
-    match body {
-        Ok(b) => respond(run(&m, &name, Ok(VersionSelector::Latest), &b).await),
-        Err(r) => body_rejected(r),
-    }
+    measured(&m, &name, Ok(VersionSelector::Latest), body).await
 }
 
 async fn version_infer(
@@ -124,9 +122,23 @@ async fn version_infer(
     Path((name, v)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    measured(&m, &name, version(&v), body).await
+}
+
+/// An inference request, measured.
+async fn measured(
+    m: &ModelManager,
+    name: &str,
+    selector: Result<VersionSelector, Error>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut call = Call::start(m.metrics(), Api::InferRest);
     match body {
-        Ok(b) => respond(run(&m, &name, version(&v), &b).await),
-        Err(r) => body_rejected(r),
+        Ok(b) => {
+            let result = run(m, name, selector, &b, &mut call).await;
+            respond(call.finish(result))
+        }
+        Err(r) => call.fail_http(r.status().as_u16(), body_rejected(r)),
     }
 }
 
@@ -139,6 +151,7 @@ async fn run(
     name: &str,
     selector: Result<VersionSelector, Error>,
     body: &[u8],
+    call: &mut Call<'_>,
 ) -> Result<String, Error> {
     let selector = selector?;
     let value = json::parse(body).map_err(Error::InvalidArgument)?;
@@ -157,6 +170,7 @@ async fn run(
         return Err(bad("the request needs \"inputs\": a JSON list of tensors".into()));
     };
     let servable = m.resolve(name, &selector)?;
+    call.servable(&servable);
     let ctx = format!("model '{}' version {}", servable.model, servable.version);
     let mut decoded: Vec<(String, Tensor)> = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
@@ -181,7 +195,7 @@ async fn run(
             outputs.push(n.to_string());
         }
     }
-    let response = servable.infer(InferRequest { inputs: decoded, outputs }).await?;
+    let response = call.infer(&servable, InferRequest { inputs: decoded, outputs }, None).await?;
 
     let mut out = String::from("{\"model_name\":");
     json::write_str(&mut out, &servable.model);
