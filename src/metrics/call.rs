@@ -16,54 +16,64 @@ use tonic::Code;
 
 /// Where the servable spent a successful request's time (Triton's stages). With batching, the
 /// stages of the batch's run are every request's.
+///
+/// Reading the clock is the dearest part of recording, so a request reads it as few times as
+/// possible: the servable twice around the run (plus the time it already takes at admission), the
+/// front end twice (start, finish); the stages are differences of these.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stages {
-    /// Waiting for a free session, or in the batch queue.
+    /// From admission to the run: waiting for a free session, or in the batch queue.
     pub queue_ns: u64,
-    /// Converting inputs to ONNX Runtime values (and merging a batch).
+    /// Converting inputs to ONNX Runtime values and taking the session (and merging a batch).
     pub input_ns: u64,
     /// The ONNX Runtime run.
     pub infer_ns: u64,
-    /// Copying the outputs out of ONNX Runtime (and splitting a batch).
+    /// Copying the outputs out of ONNX Runtime (the front end adds the time from `ran` to its answer).
     pub output_ns: u64,
     /// Whether the request went through the batch queue.
     pub batched: bool,
+    /// When the servable admitted the request (the front end's decoding ends here).
+    pub admitted: Option<Instant>,
+    /// When the run's preparation began (the queue ends here).
+    pub began: Option<Instant>,
+    /// When the run ended (copying the outputs starts here).
+    pub ran: Option<Instant>,
 }
 
 impl Stages {
-    /// The stages of one run: inputs converted from `started` to `converted`, a session taken by
-    /// `acquired` (waiting for it is queueing), the run until `ran`, the outputs copied out until now.
-    pub fn timed(started: Instant, converted: Instant, acquired: Instant, ran: Instant) -> Stages {
-        let between = |a: Instant, b: Instant| ns(b.saturating_duration_since(a));
+    /// The stages of one run: inputs converted and a session taken from `started` to `acquired`,
+    /// the run until `ran`.
+    pub fn timed(started: Instant, acquired: Instant, ran: Instant) -> Stages {
         Stages {
-            queue_ns: between(converted, acquired),
-            input_ns: between(started, converted),
-            infer_ns: between(acquired, ran),
-            output_ns: between(ran, Instant::now()),
-            batched: false,
+            input_ns: ns(acquired.saturating_duration_since(started)),
+            infer_ns: ns(ran.saturating_duration_since(acquired)),
+            began: Some(started),
+            ran: Some(ran),
+            ..Stages::default()
         }
     }
 }
 
-/// `r` after `waited` in a queue before its run.
-pub fn queued(mut r: InferResponse, waited: Duration) -> InferResponse {
-    r.stages.queue_ns = r.stages.queue_ns.saturating_add(ns(waited));
+/// `r`, admitted at `admitted`, after waiting until its run began.
+pub fn queued(mut r: InferResponse, admitted: Instant) -> InferResponse {
+    if let Some(began) = r.stages.began {
+        r.stages.queue_ns = r.stages.queue_ns.saturating_add(ns(began.saturating_duration_since(admitted)));
+    }
+    r.stages.admitted = Some(admitted);
     r
 }
 
-/// The stages of a batch's run, popped from the queue at `popped`: the time around the run (merging
-/// the requests, splitting the outputs) counts as input preparation.
+/// The stages of a batch's run, popped from the queue at `popped`: merging the requests (from
+/// `popped` until the run began) counts as input preparation.
 pub fn batched(run: Stages, popped: Instant) -> Stages {
-    let measured = run.queue_ns.saturating_add(run.input_ns).saturating_add(run.infer_ns).saturating_add(run.output_ns);
-    let extra = ns(popped.elapsed()).saturating_sub(measured);
-    Stages { input_ns: run.input_ns.saturating_add(extra), batched: true, ..run }
+    let merge = run.began.map_or(0, |b| ns(b.saturating_duration_since(popped)));
+    Stages { input_ns: run.input_ns.saturating_add(merge), batched: true, ..run }
 }
 
 /// A request's answer from a batch: the batch's stages, after waiting in the queue from `started`
-/// until `popped`.
+/// (admission) until `popped`.
 pub fn in_batch(mut r: InferResponse, batch: Stages, started: Instant, popped: Instant) -> InferResponse {
-    r.stages =
-        Stages { queue_ns: batch.queue_ns.saturating_add(ns(popped.saturating_duration_since(started))), ..batch };
+    r.stages = Stages { queue_ns: ns(popped.saturating_duration_since(started)), admitted: Some(started), ..batch };
     r
 }
 
@@ -94,9 +104,6 @@ pub struct Call<'r> {
     started: Instant,
     deadline: Option<Instant>,
     version: Option<Arc<VersionMetrics>>,
-    resolved: Option<Instant>,
-    returned: Option<Instant>,
-    decode_ns: u64,
     rows: u64,
     stages: Stages,
     done: bool,
@@ -110,9 +117,6 @@ impl<'r> Call<'r> {
             started: Instant::now(),
             deadline: None,
             version: None,
-            resolved: None,
-            returned: None,
-            decode_ns: 0,
             rows: 0,
             stages: Stages::default(),
             done: false,
@@ -133,11 +137,10 @@ impl<'r> Call<'r> {
     /// Like [`Call::servable`], with the version's series directly.
     pub fn attach(&mut self, v: Arc<VersionMetrics>) {
         self.version = Some(v);
-        self.resolved = Some(Instant::now());
     }
 
-    /// Runs the decoded request on `s` (see [`Servable::infer_before`]); the time since the servable
-    /// was resolved counts as input preparation.
+    /// Runs the decoded request on `s` (see [`Servable::infer_before`]); the time since the call
+    /// started (resolving the model, decoding the wire tensors) counts as input preparation.
     pub async fn infer(
         &mut self,
         s: &Arc<Servable>,
@@ -148,8 +151,7 @@ impl<'r> Call<'r> {
             self.servable(s);
         }
         self.deadline = self.deadline.or(deadline);
-        self.decode_ns = self.resolved.map_or(0, |t| ns(t.elapsed()));
-        self.rows = rows(&req);
+        self.sent(&req);
         let result = s.infer_before(req, deadline).await;
         if let Ok(r) = &result {
             self.ran(r.stages);
@@ -157,15 +159,14 @@ impl<'r> Call<'r> {
         result
     }
 
-    /// Records what the servable measured; encoding the answer starts now.
-    pub fn ran(&mut self, stages: Stages) {
-        self.stages = stages;
-        self.returned = Some(Instant::now());
+    /// The decoded request goes to the servable ([`Call::infer`] does it).
+    pub fn sent(&mut self, req: &InferRequest) {
+        self.rows = rows(req);
     }
 
-    /// Sets the rows the request carries (`nv_inference_count`); [`Call::infer`] does it.
-    pub fn rows(&mut self, rows: u64) {
-        self.rows = rows;
+    /// Records what the servable measured ([`Call::infer`] does it).
+    pub fn ran(&mut self, stages: Stages) {
+        self.stages = stages;
     }
 
     /// Records the request's outcome and passes the result through.
@@ -205,16 +206,19 @@ impl<'r> Call<'r> {
         }
         let now = Instant::now();
         let total = ns(now.saturating_duration_since(self.started));
-        let encode = self.returned.map_or(0, |t| ns(now.saturating_duration_since(t)));
         let api = self.api.index();
         let st = &self.stages;
+        // Resolving and decoding: until the servable admitted the request.
+        let decode = st.admitted.map_or(0, |t| ns(t.saturating_duration_since(self.started)));
+        // Copying the outputs out of ONNX Runtime, handing them back, encoding the answer.
+        let encode = st.ran.map_or(0, |t| ns(now.saturating_duration_since(t)));
         model.request_latency[api].observe_ns(total);
         model.runtime_latency[api].observe_ns(st.infer_ns);
         v.success.fetch_add(1, Relaxed);
         v.inferences.fetch_add(self.rows, Relaxed);
         v.request_ns.fetch_add(total, Relaxed);
         v.queue_ns.fetch_add(st.queue_ns, Relaxed);
-        v.input_ns.fetch_add(self.decode_ns.saturating_add(st.input_ns), Relaxed);
+        v.input_ns.fetch_add(decode.saturating_add(st.input_ns), Relaxed);
         v.infer_ns.fetch_add(st.infer_ns, Relaxed);
         v.output_ns.fetch_add(st.output_ns.saturating_add(encode), Relaxed);
         v.duration[api].observe_ns(total);

@@ -330,7 +330,7 @@ impl Servable {
                 .await
                 .map_err(|_| Error::Internal(format!("{}: the batch thread dropped the request", self.what())))?;
         }
-        let (queued, waiting) = (Instant::now(), self.metrics().waiting());
+        let waiting = self.metrics().waiting();
         let permit = self
             .permits
             .clone()
@@ -343,14 +343,13 @@ impl Servable {
         // gave up while they waited.
         tokio::task::spawn_blocking(move || {
             let _admitted = admitted;
-            let waited = queued.elapsed();
             let result = match deadline {
                 Some(d) if Instant::now() >= d => Err(Error::DeadlineExceeded(format!(
                     "{}: the client's deadline passed after {} ms waiting for a free session; the request was not run",
                     this.what(),
                     started.elapsed().as_millis()
                 ))),
-                _ => this.run_blocking(&req).map(|r| crate::metrics::call::queued(r, waited)),
+                _ => this.run_blocking(&req).map(|r| crate::metrics::call::queued(r, started)),
             };
             drop(permit);
             this.stats.record(result.is_ok(), started.elapsed());
@@ -391,7 +390,6 @@ impl Servable {
                 to_input(name, t).map_err(|m| Error::InvalidArgument(format!("{}: {m}", self.what())))?,
             ));
         }
-        let converted = Instant::now();
         let mut guard = take()?;
         let acquired = Instant::now();
         let session: &mut Session = &mut guard;
@@ -436,7 +434,7 @@ impl Servable {
             let tensor = from_output(name, value).map_err(Error::Internal)?;
             result.push((name.to_string(), tensor));
         }
-        let stages = crate::metrics::Stages::timed(started, converted, acquired, ran);
+        let stages = crate::metrics::Stages::timed(started, acquired, ran);
         Ok(InferResponse { outputs: result, stages })
     }
 
