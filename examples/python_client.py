@@ -40,6 +40,10 @@ def load_stubs():
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 os.replace(os.path.join(d, f), dest)
         open(stamp, "w").close()
+    # Regular packages: an installed tensorflow / tensorflow-serving-api must not shadow them.
+    for d, _, files in os.walk(out):
+        if d != out:
+            open(os.path.join(d, "__init__.py"), "a").close()
     sys.path.insert(0, out)
 
 

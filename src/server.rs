@@ -54,7 +54,9 @@ pub async fn serve_with_metrics(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let manager = Arc::new(ModelManager::new(env, cfg.manager.clone(), cfg.source.clone()));
-    let api = TfServing::new(Arc::clone(&manager), cfg.tensor_content_output, cfg.reload_config_timeout);
+    let max_tensor_bytes = cfg.manager.runtime.max_tensor_bytes;
+    let api = TfServing::new(Arc::clone(&manager), cfg.tensor_content_output, cfg.reload_config_timeout)
+        .with_max_tensor_bytes(max_tensor_bytes);
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
@@ -74,9 +76,10 @@ pub async fn serve_with_metrics(
     let prediction =
         PredictionServiceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(max);
     let model = ModelServiceServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max);
-    let inference = GrpcInferenceServiceServer::new(KServeGrpc::new(Arc::clone(&manager), cfg.reload_config_timeout))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let kserve =
+        KServeGrpc::new(Arc::clone(&manager), cfg.reload_config_timeout).with_max_tensor_bytes(max_tensor_bytes);
+    let inference =
+        GrpcInferenceServiceServer::new(kserve).max_decoding_message_size(max).max_encoding_message_size(max);
 
     // Load the initial models in the background; flip health to SERVING when that pass is done,
     // then keep watching the repository.
@@ -104,7 +107,11 @@ pub async fn serve_with_metrics(
         Some(rest_listener) => {
             let rest_addr = rest_listener.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(addr = %rest_addr, "maas REST server listening");
-            let router = crate::api::rest::router_with_body_limit(Arc::clone(&manager), cfg.max_message_size_bytes);
+            let router = crate::api::rest::router_with_limits(
+                Arc::clone(&manager),
+                cfg.max_message_size_bytes,
+                max_tensor_bytes,
+            );
             let router = crate::metrics::http::with_path(router, &manager, cfg.monitoring_path.as_deref());
             let mut stop = stop_rx.clone();
             Some(tokio::spawn(async move {

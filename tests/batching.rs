@@ -209,13 +209,19 @@ async fn per_model_settings_turn_batching_on_and_unbatchable_models_run_unbatche
     let mut cfg = test_config(dir.path());
     cfg.manager.runtime.batching = Some(BatchingConfig::default());
     let server = TestServer::ready(cfg).await;
-    let status = version_states(&server, "numbers_classifier").await;
-    assert!(
-        status[0].3.contains("with 1 session(s), batches of up to 4 rows (100000 µs timeout, 1 thread(s))"),
-        "{status:?}"
+    // maas's status route shows the settings in effect.
+    let route = |model: &str| format!("http://{}/maas/v1/models/{model}", server.rest_addr);
+    let v: serde_json::Value = reqwest::get(route("numbers_classifier")).await.unwrap().json().await.unwrap();
+    let version = &v["versions"][0];
+    assert_eq!(version["sessions"], 1, "{v}");
+    assert_eq!(
+        (&version["batching"]["max_batch_size"], &version["batching"]["batch_timeout_micros"]),
+        (&serde_json::json!(4), &serde_json::json!(100000)),
+        "{v}"
     );
-    let status = version_states(&server, "fixed_shape").await;
-    assert!(!status[0].3.contains("batches"), "{status:?}");
+    assert_eq!(version["batching"]["num_batch_threads"], 1, "{v}");
+    let v: serde_json::Value = reqwest::get(route("fixed_shape")).await.unwrap().json().await.unwrap();
+    assert_eq!(v["versions"][0]["batching"], serde_json::Value::Null, "{v}");
     let reqs: Vec<_> =
         (0..4).map(|i| predict_req("numbers_classifier", None, vec![("x", classifier_input(2, i))])).collect();
     for a in concurrently(&server, reqs).await {
@@ -232,4 +238,134 @@ async fn per_model_settings_turn_batching_on_and_unbatchable_models_run_unbatche
     };
     let r = server.predict_client().await.predict(predict_req("fixed_shape", None, vec![("a", a), ("b", b)])).await;
     assert_eq!(r.unwrap().into_inner().outputs["sum"].float_val, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+}
+
+fn i64_values(t: &TensorProto) -> Vec<i64> {
+    if t.tensor_content.is_empty() {
+        t.int64_val.clone()
+    } else {
+        t.tensor_content.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+}
+
+fn i64_req(model: &str, shape_: &[i64], first: i64) -> maas::proto::tensorflow::serving::PredictRequest {
+    let n: i64 = shape_.iter().product();
+    let t = TensorProto {
+        dtype: DataType::DtInt64 as i32,
+        tensor_shape: shape(shape_),
+        int64_val: (0..n).map(|i| first + i).collect(),
+        ..Default::default()
+    };
+    predict_req(model, None, vec![("x", t)])
+}
+
+/// A repository with identity_int64 (x -> y, int64 [batch, width]) as each `(name, maas.pbtxt)`.
+fn identity_models(models: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = std::fs::read(fixtures().join("identity_int64").join("1").join("model.onnx")).unwrap();
+    for (name, settings) in models {
+        publish(&dir.path().join(name), 1, &onnx);
+        std::fs::write(dir.path().join(name).join("maas.pbtxt"), settings).unwrap();
+    }
+    dir
+}
+
+const PADDED: &str = "session_pool_size: 1
+batching_parameters { max_batch_size { value: 8 } batch_timeout_micros { value: 150000 }
+  num_batch_threads { value: 1 } pad_variable_length_inputs: true }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pad_values_fill_the_padding_and_trim_outputs_cut_it_back() {
+    let pad = format!("{PADDED}pad_values {{ key: \"x\" value: -7 }}\n");
+    let trim = format!("{pad}trim_outputs {{ key: \"y\" value: \"x\" }}\n");
+    let dir = identity_models(&[("first", PADDED), ("pad", &pad), ("trim", &trim)]);
+    let server = TestServer::ready(test_config(dir.path())).await;
+    let reqs = |m: &str| vec![i64_req(m, &[1, 2], 10), i64_req(m, &[2, 3], 20), i64_req(m, &[1, 1], 30)];
+
+    // TF Serving's rule: each request padded with its own first element, answered in the padded shape.
+    let answers = concurrently(&server, reqs("first")).await;
+    let y: Vec<&TensorProto> = answers.iter().map(|a| &a.as_ref().unwrap().outputs["y"]).collect();
+    assert_eq!((dims(y[0]), i64_values(y[0])), (vec![1, 3], vec![10, 11, 10]));
+    assert_eq!((dims(y[2]), i64_values(y[2])), (vec![1, 3], vec![30, 30, 30]));
+    assert_eq!(counts(&server, "first").await, (3, 0, 1));
+
+    // pad_values: the padding is -7.
+    let answers = concurrently(&server, reqs("pad")).await;
+    let y: Vec<&TensorProto> = answers.iter().map(|a| &a.as_ref().unwrap().outputs["y"]).collect();
+    assert_eq!((dims(y[0]), i64_values(y[0])), (vec![1, 3], vec![10, 11, -7]));
+    assert_eq!((dims(y[1]), i64_values(y[1])), (vec![2, 3], (20..26).collect::<Vec<_>>()));
+    assert_eq!((dims(y[2]), i64_values(y[2])), (vec![1, 3], vec![30, -7, -7]));
+    assert_eq!(counts(&server, "pad").await, (3, 0, 1));
+
+    // trim_outputs: every request gets exactly its own input back, from one merged run.
+    let answers = concurrently(&server, reqs("trim")).await;
+    for (a, sent) in answers.iter().zip(reqs("trim")) {
+        let y = &a.as_ref().unwrap().outputs["y"];
+        assert_eq!(dims(y), dims(&sent.inputs["x"]));
+        assert_eq!(i64_values(y), sent.inputs["x"].int64_val);
+    }
+    assert_eq!(counts(&server, "trim").await, (3, 0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pad_values_and_trim_outputs_that_do_not_fit_the_model_fail_the_load() {
+    let bad = [
+        ("half", "pad_values { key: \"x\" value: 0.5 }"),
+        ("name", "pad_values { key: \"input_ids\" value: 0 }"),
+        ("trim", "trim_outputs { key: \"y\" value: \"mask\" }"),
+    ];
+    let models: Vec<(&str, String)> = bad.iter().map(|(m, s)| (*m, format!("{PADDED}{s}\n"))).collect();
+    let models: Vec<(&str, &str)> = models.iter().map(|(m, s)| (*m, s.as_str())).collect();
+    let dir = identity_models(&models);
+    let server = TestServer::start(test_config(dir.path())).await;
+    let why = |m: &str| format!("invalid model settings {}: ", dir.path().join(m).join("maas.pbtxt").display());
+    for (model, expected) in [
+        (
+            "half",
+            "pad_values: input 'x' has dtype int64, which cannot hold 0.5 (int64 takes whole numbers from \
+             -9223372036854775808 to 9223372036854775807)",
+        ),
+        ("name", "pad_values: 'input_ids' is not an input of the model; its inputs are ['x' (int64 [-1, -1])]"),
+        (
+            "trim",
+            "trim_outputs: output 'y' follows 'mask', which is not an input of the model; its inputs are ['x' \
+             (int64 [-1, -1])]",
+        ),
+    ] {
+        let failed = wait_for(20, "the load to fail", || async {
+            version_states(&server, model).await.into_iter().find(|v| v.2 != 0)
+        })
+        .await;
+        assert_eq!(failed.2, tonic::Code::InvalidArgument as i32, "{failed:?}");
+        assert_eq!(failed.3, format!("{}{expected}", why(model)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_padding_would_take_over_max_tensor_bytes_runs_in_a_batch_of_its_own() {
+    let mut cfg = batched_config(batching(8, 300, |b| b.pad_variable_length_inputs = true));
+    cfg.manager.runtime.max_tensor_bytes = 1 << 20;
+    let server = TestServer::ready(cfg).await;
+    let client = server.predict_client().await;
+    let send = |req| {
+        let mut c = client.clone();
+        tokio::spawn(async move { c.predict(req).await.map(tonic::Response::into_inner) })
+    };
+    // A: 4 rows of 1 float. B: 1 row of 100000 floats (400 KB). Padded together, A would be
+    // [4, 100000] = 1.6 MB, over the 1 MiB limit: B opens a second batch. C (200 KB) joins B's
+    // batch: padded to [1, 100000] it is 400 KB.
+    let a = send(identity_req(&[4, 1], 1.0));
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let b = send(identity_req(&[1, 100_000], 0.0));
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let c = send(identity_req(&[1, 50_000], 5.0));
+    let a = a.await.unwrap().expect("A is answered");
+    assert_eq!(dims(&a.outputs["y"]), vec![4, 1], "A was not padded");
+    assert_eq!(a.outputs["y"].float_val, vec![1.0, 2.0, 3.0, 4.0]);
+    let b = b.await.unwrap().expect("B is answered");
+    assert_eq!(dims(&b.outputs["y"]), vec![1, 100_000]);
+    let c = c.await.unwrap().expect("C is answered");
+    assert_eq!(dims(&c.outputs["y"]), vec![1, 100_000], "C was padded into B's batch");
+    assert_eq!(counts(&server, "identity_float").await, (3, 0, 2));
 }

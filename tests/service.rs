@@ -71,12 +71,8 @@ async fn model_status_reports_every_version() {
     assert_eq!(v.version, 1);
     assert_eq!(v.state, State::Available as i32);
     let st = v.status.as_ref().unwrap();
-    assert_eq!(st.error_code, 0);
-    assert!(
-        st.error_message.starts_with("serving on CPUExecutionProvider with 2 session(s); loaded and warmed up in "),
-        "{}",
-        st.error_message
-    );
+    // As in TF Serving, a healthy version's error_message is empty (details: /maas/v1/models/{m}).
+    assert_eq!((st.error_code, st.error_message.as_str()), (0, ""));
 
     let broken = m.get_model_status(status("broken", None)).await.unwrap().into_inner();
     let v = &broken.model_version_status[0];
@@ -265,8 +261,13 @@ async fn gpu_provider_that_cannot_register_fails_the_load_unless_fallback() {
         .into_inner();
     let v = &s.model_version_status[0];
     assert_eq!(v.state, State::Available as i32);
-    let msg = &v.status.as_ref().unwrap().error_message;
-    assert!(msg.starts_with("serving on CPUExecutionProvider (fallback: cuda: "), "{msg}");
+    assert_eq!(v.status.as_ref().unwrap().error_message, "");
+    // The fallback shows in maas's status route.
+    let url = format!("http://{}/maas/v1/models/numbers_classifier", server.rest_addr);
+    let details: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let version = &details["versions"][0];
+    assert_eq!(version["execution_providers"], serde_json::json!(["CPUExecutionProvider"]), "{details}");
+    assert!(version["provider_fallback"].as_str().unwrap().starts_with("cuda: "), "{details}");
     let ok = server
         .predict_client()
         .await

@@ -10,7 +10,7 @@ use crate::proto::inference::{
     self as pb, grpc_inference_service_server::GrpcInferenceService, infer_parameter::ParameterChoice,
     model_infer_response::InferOutputTensor, model_metadata_response::TensorMetadata,
 };
-use crate::tensor::{InferRequest, TensorSpec};
+use crate::tensor::{Budget, InferRequest, TensorSpec};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +27,20 @@ pub const BINARY_OUTPUT_PARAM: &str = "binary_data_output";
 pub struct KServeGrpc {
     manager: Arc<ModelManager>,
     load_timeout: Duration,
+    /// `--max-tensor-bytes`: the decoded inputs of one request, all together.
+    max_tensor_bytes: usize,
 }
 
 impl KServeGrpc {
     pub fn new(manager: Arc<ModelManager>, load_timeout: Duration) -> KServeGrpc {
-        KServeGrpc { manager, load_timeout }
+        let max_tensor_bytes = crate::runtime::RuntimeConfig::default().max_tensor_bytes;
+        KServeGrpc { manager, load_timeout, max_tensor_bytes }
+    }
+
+    /// Bounds the decoded inputs of one request (all together) to `bytes`.
+    pub fn with_max_tensor_bytes(mut self, bytes: usize) -> KServeGrpc {
+        self.max_tensor_bytes = bytes;
+        self
     }
 }
 
@@ -174,7 +183,11 @@ impl GrpcInferenceService for KServeGrpc {
                 if ready_only && state != "READY" {
                     continue;
                 }
-                let reason = if state == "READY" { String::new() } else { s.message };
+                let reason = match state {
+                    "READY" => String::new(),
+                    _ if s.message.is_empty() => s.detail,
+                    _ => s.message,
+                };
                 models.push(pb::repository_index_response::ModelIndex {
                     name: name.clone(),
                     version: v.to_string(),
@@ -243,6 +256,7 @@ impl KServeGrpc {
         }
         let mut raws = r.raw_input_contents.into_iter();
         let mut inputs = Vec::with_capacity(r.inputs.len());
+        let mut budget = Budget::new(self.max_tensor_bytes);
         for input in r.inputs {
             let dtype = v2_tensor::parse_datatype(&ctx, &input.name, &input.datatype)?;
             let tensor = match (use_raw, input.contents) {
@@ -254,10 +268,11 @@ impl KServeGrpc {
                 }
                 (true, None) => {
                     let raw = raws.next().unwrap_or_default();
-                    v2_tensor::decode_raw(&ctx, &input.name, dtype, input.shape, raw)?
+                    v2_tensor::decode_raw(&ctx, &input.name, dtype, input.shape, raw, &mut budget)?
                 }
                 (false, contents) => {
-                    v2_tensor::decode_typed(&ctx, &input.name, dtype, input.shape, contents.unwrap_or_default())?
+                    let contents = contents.unwrap_or_default();
+                    v2_tensor::decode_typed(&ctx, &input.name, dtype, input.shape, contents, &mut budget)?
                 }
             };
             inputs.push((input.name, tensor));

@@ -10,7 +10,7 @@ use crate::proto::tensorflow::serving::{
 use crate::proto::tensorflow::{tensor_info, SignatureDef, TensorInfo, TensorShapeProto};
 use crate::repository::config as model_config;
 use crate::runtime::Servable;
-use crate::tensor::{InferRequest, TensorSpec};
+use crate::tensor::{Budget, InferRequest, TensorSpec};
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,11 +27,20 @@ pub struct TfServing {
     manager: Arc<ModelManager>,
     tensor_content_output: bool,
     reload_timeout: Duration,
+    /// `--max-tensor-bytes`: the decoded inputs of one request, all together.
+    max_tensor_bytes: usize,
 }
 
 impl TfServing {
     pub fn new(manager: Arc<ModelManager>, tensor_content_output: bool, reload_timeout: Duration) -> TfServing {
-        TfServing { manager, tensor_content_output, reload_timeout }
+        let max_tensor_bytes = crate::runtime::RuntimeConfig::default().max_tensor_bytes;
+        TfServing { manager, tensor_content_output, reload_timeout, max_tensor_bytes }
+    }
+
+    /// Bounds the decoded inputs of one request (all together) to `bytes`.
+    pub fn with_max_tensor_bytes(mut self, bytes: usize) -> TfServing {
+        self.max_tensor_bytes = bytes;
+        self
     }
 
     /// Resolves a ModelSpec to a servable, checking the signature name.
@@ -55,6 +64,24 @@ impl TfServing {
     }
 }
 
+/// Decodes a Predict request's inputs and output filter into the core request: what Predict runs,
+/// and what a recorded warmup request replays. `ctx` names the model and version for messages;
+/// every input is charged to `budget` before it is allocated.
+pub(crate) fn decode_request(ctx: &str, req: tfs::PredictRequest, budget: &mut Budget) -> Result<InferRequest, Error> {
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for (name, t) in req.inputs {
+        let tensor = tf_tensor::decode(ctx, &name, t, budget)?;
+        inputs.push((name, tensor));
+    }
+    let mut outputs = req.output_filter;
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = outputs.iter().find(|n| !seen.insert(n.as_str())) {
+        return Err(Error::InvalidArgument(format!("{ctx}: output_filter names '{dup}' more than once")));
+    }
+    outputs.shrink_to_fit();
+    Ok(InferRequest { inputs, outputs })
+}
+
 impl TfServing {
     /// Predict, measured by `call`.
     async fn predict_with(
@@ -67,18 +94,8 @@ impl TfServing {
         let servable = self.resolve(req.model_spec.as_ref())?;
         call.servable(&servable);
         let ctx = format!("model '{}' version {}", servable.model, servable.version);
-        let mut inputs = Vec::with_capacity(req.inputs.len());
-        for (name, t) in req.inputs {
-            let tensor = tf_tensor::decode(&ctx, &name, t)?;
-            inputs.push((name, tensor));
-        }
-        let mut outputs = req.output_filter;
-        let mut seen = std::collections::HashSet::new();
-        if let Some(dup) = outputs.iter().find(|n| !seen.insert(n.as_str())) {
-            return Err(Error::InvalidArgument(format!("{ctx}: output_filter names '{dup}' more than once")));
-        }
-        outputs.shrink_to_fit();
-        let response = call.infer(&servable, InferRequest { inputs, outputs }, deadline).await?;
+        let request = decode_request(&ctx, req, &mut Budget::new(self.max_tensor_bytes))?;
+        let response = call.infer(&servable, request, deadline).await?;
         let outputs: HashMap<String, _> = response
             .outputs
             .into_iter()

@@ -199,10 +199,8 @@ fn to_values(tensors: &[(String, Tensor)]) -> Result<Vec<(String, DynValue)>, St
         .map(|(name, t)| {
             let shape = t.shape.clone();
             let value = match &t.data {
-                TensorData::Strings(items) => {
-                    let strs: Vec<String> = items.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
-                    ort::value::Tensor::from_string_array((shape, strs.as_slice())).map(|v| v.into_dyn())
-                }
+                TensorData::Strings(items) => crate::runtime::string_tensor(&shape, items)
+                    .map_err(|e| format!("input '{name}': could not create an ONNX Runtime string tensor: {e}"))?,
                 TensorData::Raw(b) => match t.dtype {
                     DType::F32 => owned::<f32>(shape, b),
                     DType::F64 => owned::<f64>(shape, b),
@@ -221,9 +219,9 @@ fn to_values(tensors: &[(String, Tensor)]) -> Result<Vec<(String, DynValue)>, St
                         ort::value::Tensor::from_array((shape, v)).map(|v| v.into_dyn())
                     }
                     DType::String => return Err(format!("input '{name}': string tensor without strings")),
-                },
-            }
-            .map_err(|e| format!("input '{name}': could not create an ONNX Runtime tensor: {e}"))?;
+                }
+                .map_err(|e| format!("input '{name}': could not create an ONNX Runtime tensor: {e}"))?,
+            };
             Ok((name.clone(), value))
         })
         .collect()

@@ -337,15 +337,7 @@ impl Registry {
     pub fn register(&self, servable: &Servable, load_time: Duration) {
         let v = self.version(&servable.model, servable.version);
         v.load_secs.store(load_time.as_secs_f64().to_bits(), Relaxed);
-        let mut providers: Vec<String> = servable
-            .providers
-            .split(", ")
-            .map(provider_name)
-            .filter(|p| p.ends_with("ExecutionProvider"))
-            .map(str::to_string)
-            .collect();
-        providers.dedup();
-        *lock(&v.providers) = providers;
+        *lock(&v.providers) = servable.providers.names.iter().map(|p| provider_name(p).to_string()).collect();
         lock(&self.load_durations)
             .entry(servable.model.clone())
             .or_insert_with(|| Histogram::new(&LOAD_SECONDS))
@@ -382,7 +374,7 @@ impl Registry {
     }
 }
 
-/// `CUDAExecutionProvider (device 0)` -> `CUDAExecutionProvider`; a fallback note is dropped.
+/// `CUDAExecutionProvider (device 0)` -> `CUDAExecutionProvider`.
 fn provider_name(desc: &str) -> &str {
     desc.split([' ', '(']).next().unwrap_or(desc)
 }

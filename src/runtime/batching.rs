@@ -1,18 +1,22 @@
 //! Dynamic batching of one model version.
 //!
-//! Requests are queued in batches keyed by their inputs' non-batch dimensions (all requests share one
-//! key when `pad_variable_length_inputs` is on). Batch threads take the oldest batch once it is full,
-//! once `batch_timeout` has passed since it opened, or at once when the timeout is 0, merge the
-//! requests' inputs along the first dimension (padding when asked), run the merged request on their own
-//! session, and split every output back by rows. Output slices share one buffer (`Bytes::slice`), so
-//! splitting copies nothing. The queue is bounded by `max_enqueued_batches`: a request that would need
-//! one more batch gets UNAVAILABLE at once. The queue lock is held only to push or pop, never while a
-//! batch runs, and never on the async reactor for longer than a push.
+//! Requests are queued in batches of the same inputs' non-batch dimensions (with
+//! `pad_variable_length_inputs`, of any dimensions, as long as no request padded to the batch's largest
+//! dimensions exceeds `max_tensor_bytes`; a request that would opens a batch of its own). Batch threads
+//! take the oldest batch once it is full, once `batch_timeout` has passed since it opened, or at once
+//! when the timeout is 0, merge the requests' inputs along the first dimension (padding when asked,
+//! with `pad_values` or each request's first element), run the merged request on their own session,
+//! and split every output back by rows, cutting `trim_outputs` back to each request's length. Output
+//! slices share one buffer (`Bytes::slice`), so splitting copies nothing. The queue is bounded by
+//! `max_enqueued_batches`: a request that would need one more batch gets UNAVAILABLE at once. The queue
+//! lock is held only to push or pop, never while a batch runs, and never on the async reactor for
+//! longer than a push.
+use super::merge::{merge_tensors, slice_rows, trim_dim1, MergeError};
+use super::padding::{max_dims, padded_bytes, InputCost, Padding};
 use super::servable::{InFlight, Servable};
 use super::settings::BatchingConfig;
 use crate::error::Error;
-use crate::tensor::{fmt_shape, DType, InferRequest, InferResponse, Signature, Tensor, TensorData};
-use bytes::{Bytes, BytesMut};
+use crate::tensor::{fmt_shape, InferRequest, InferResponse, Signature, Tensor, TensorSpec};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -46,6 +50,8 @@ struct Task {
     /// Outputs wanted, empty = all.
     outputs: Vec<String>,
     rows: usize,
+    /// What each input costs padded (only when padding).
+    costs: Vec<InputCost>,
     deadline: Option<Instant>,
     started: Instant,
     reply: Reply,
@@ -53,8 +59,8 @@ struct Task {
 }
 
 struct Batch {
-    /// Non-batch dimensions of every input (empty when padding merges any shapes).
-    key: Vec<Vec<i64>>,
+    /// Non-batch dimensions of every input: the tasks' own, or with padding, the largest of the tasks'.
+    dims: Vec<Vec<i64>>,
     rows: usize,
     opened: Instant,
     tasks: Vec<Task>,
@@ -84,6 +90,9 @@ impl Shared {
 /// The batch queue and threads of one model version.
 pub(crate) struct Batcher {
     pub(crate) cfg: BatchingConfig,
+    padding: Arc<Padding>,
+    /// No request padded into a batch may exceed this (`RuntimeConfig::max_tensor_bytes`).
+    max_tensor_bytes: usize,
     threads: usize,
     shared: Arc<Shared>,
     /// Threads are started with the first request (they need the version's `Arc`).
@@ -98,8 +107,17 @@ impl Drop for Batcher {
 }
 
 impl Batcher {
-    pub(crate) fn new(cfg: BatchingConfig, threads: usize) -> Batcher {
-        Batcher { cfg, threads: threads.max(1), shared: Arc::default(), started: OnceLock::new() }
+    /// A batcher for a version of signature `sig`; Err when `pad_values` or `trim_outputs` do not fit
+    /// the signature.
+    pub(crate) fn new(
+        cfg: BatchingConfig,
+        threads: usize,
+        sig: &Signature,
+        max_tensor_bytes: usize,
+    ) -> Result<Batcher, String> {
+        let padding = Arc::new(Padding::resolve(&cfg, sig)?);
+        let (shared, started) = (Arc::default(), OnceLock::new());
+        Ok(Batcher { cfg, padding, max_tensor_bytes, threads: threads.max(1), shared, started })
     }
 
     /// Batch threads of this version.
@@ -110,9 +128,10 @@ impl Batcher {
     fn start(&self, servable: Weak<Servable>, sessions: usize) -> Result<(), String> {
         for i in 0..self.threads {
             let (shared, servable, cfg) = (Arc::clone(&self.shared), servable.clone(), self.cfg.clone());
+            let padding = Arc::clone(&self.padding);
             std::thread::Builder::new()
                 .name(format!("maas-batch-{i}"))
-                .spawn(move || worker(&shared, &servable, &cfg, i % sessions.max(1)))
+                .spawn(move || worker(&shared, &servable, &cfg, &padding, i % sessions.max(1)))
                 .map_err(|e| format!("cannot start batch thread {i}: {e}"))?;
         }
         Ok(())
@@ -141,13 +160,14 @@ impl Batcher {
                 self.cfg.max_batch_size
             )));
         }
-        let key: Vec<Vec<i64>> = if self.cfg.pad_variable_length_inputs {
-            Vec::new()
+        let dims: Vec<Vec<i64>> = inputs.iter().map(|t| t.shape[1..].to_vec()).collect();
+        let costs = if self.cfg.pad_variable_length_inputs {
+            inputs.iter().zip(&self.padding.fills).map(|(t, f)| InputCost::of(t, f.as_deref())).collect()
         } else {
-            inputs.iter().map(|t| t.shape[1..].to_vec()).collect()
+            Vec::new()
         };
         let (reply, answer) = oneshot::channel();
-        let task = Task { inputs, outputs: req.outputs, rows, deadline, started, reply, _admitted: admitted };
+        let task = Task { inputs, outputs: req.outputs, rows, costs, deadline, started, reply, _admitted: admitted };
         let wake = {
             let mut q = self.shared.lock();
             let max = self.cfg.max_batch_size;
@@ -156,8 +176,11 @@ impl Batcher {
             // timeout then), when a batch fills up, or when a batch is ready at once (no timeout).
             let idle = q.idle > 0;
             let wake_any = idle && (queued == 0 || self.cfg.batch_timeout.is_zero());
-            match q.batches.iter_mut().rev().find(|b| b.key == key && b.rows + rows <= max) {
+            match q.batches.iter_mut().rev().find(|b| b.rows + rows <= max && self.joins(b, &dims, &task.costs)) {
                 Some(b) => {
+                    if self.cfg.pad_variable_length_inputs {
+                        b.dims = max_dims(&b.dims, &dims);
+                    }
                     b.rows += rows;
                     b.tasks.push(task);
                     wake_any || (idle && b.rows >= max)
@@ -170,9 +193,9 @@ impl Batcher {
                     )));
                 }
                 None => {
-                    // A second batch with the same key makes the first one ready.
-                    let closes = q.batches.iter().any(|b| b.key == key);
-                    q.batches.push_back(Batch { key, rows, opened: Instant::now(), tasks: vec![task] });
+                    // A second batch of the same shapes makes the first one ready.
+                    let closes = q.batches.iter().any(|b| same_shapes(&self.cfg, b, &dims));
+                    q.batches.push_back(Batch { dims, rows, opened: Instant::now(), tasks: vec![task] });
                     wake_any || (idle && (closes || rows >= max))
                 }
             }
@@ -183,6 +206,34 @@ impl Batcher {
         }
         Ok(answer)
     }
+
+    /// Whether a request of inner dimensions `dims` (and padded costs `costs`) may join batch `b`:
+    /// without padding, when its dimensions are the batch's; with padding, when neither it nor any
+    /// request already in the batch, padded to the largest dimensions of both, exceeds
+    /// `max_tensor_bytes` (counted with checked arithmetic: an overflow exceeds it).
+    fn joins(&self, b: &Batch, dims: &[Vec<i64>], costs: &[InputCost]) -> bool {
+        if !self.cfg.pad_variable_length_inputs {
+            return b.dims == dims;
+        }
+        let merged = max_dims(&b.dims, dims);
+        let fits = |c: &[InputCost]| padded_bytes(c, &merged).is_some_and(|n| n <= self.max_tensor_bytes);
+        let joins = fits(costs) && (merged == b.dims || b.tasks.iter().all(|t| fits(&t.costs)));
+        if !joins {
+            tracing::debug!(
+                "a request of inner dimensions {dims:?} does not join a batch of {:?}: padded to {merged:?}, it or \
+                 a request already there would exceed --max-tensor-bytes ({} bytes)",
+                b.dims,
+                self.max_tensor_bytes
+            );
+        }
+        joins
+    }
+}
+
+/// Whether requests of inner dimensions `dims` go in the same batches as `b`'s (any dimensions do when
+/// padding).
+fn same_shapes(cfg: &BatchingConfig, b: &Batch, dims: &[Vec<i64>]) -> bool {
+    cfg.pad_variable_length_inputs || b.dims == dims
 }
 
 /// The request's inputs in signature order, and its batch size (the first dimension, equal on every
@@ -216,7 +267,7 @@ fn signature_order(servable: &Servable, mut given: Vec<(String, Tensor)>) -> Res
 /// How long the oldest batch must still wait (None = run it now).
 fn wait_for(q: &Queue, cfg: &BatchingConfig) -> Option<Duration> {
     let front = q.batches.front()?;
-    let full = front.rows >= cfg.max_batch_size || q.batches.iter().skip(1).any(|b| b.key == front.key);
+    let full = front.rows >= cfg.max_batch_size || q.batches.iter().skip(1).any(|b| same_shapes(cfg, b, &front.dims));
     let waited = front.opened.elapsed();
     if full || waited >= cfg.batch_timeout {
         None
@@ -225,7 +276,7 @@ fn wait_for(q: &Queue, cfg: &BatchingConfig) -> Option<Duration> {
     }
 }
 
-fn worker(shared: &Shared, servable: &Weak<Servable>, cfg: &BatchingConfig, session: usize) {
+fn worker(shared: &Shared, servable: &Weak<Servable>, cfg: &BatchingConfig, padding: &Padding, session: usize) {
     loop {
         let batch = {
             let mut q = shared.lock();
@@ -252,11 +303,11 @@ fn worker(shared: &Shared, servable: &Weak<Servable>, cfg: &BatchingConfig, sess
         let Some(batch) = batch else { continue };
         // The tasks hold the version alive, so this succeeds while there is work.
         let Some(servable) = servable.upgrade() else { return };
-        run_batch(&servable, cfg, session, batch.tasks);
+        run_batch(&servable, cfg, padding, session, batch.tasks);
     }
 }
 
-fn run_batch(servable: &Servable, cfg: &BatchingConfig, session: usize, tasks: Vec<Task>) {
+fn run_batch(servable: &Servable, cfg: &BatchingConfig, padding: &Padding, session: usize, tasks: Vec<Task>) {
     let popped = Instant::now();
     servable.metrics().pending_add(-(tasks.len() as i64));
     // Requests whose client went away are dropped; those past their deadline are answered so.
@@ -280,9 +331,13 @@ fn run_batch(servable: &Servable, cfg: &BatchingConfig, session: usize, tasks: V
     }
     let rows: usize = live.iter().map(|t| t.rows).sum();
     let run_rows = cfg.padded_rows(rows);
-    let result = merge(servable, &live, run_rows)
+    let result = merge(servable, padding, &live, run_rows)
         .and_then(|req| servable.run_on_session(session, &req))
-        .and_then(|resp| Ok((resp.stages, split(servable, resp, &live, run_rows)?)));
+        .and_then(|resp| {
+            let tasks: Vec<(usize, &[Tensor])> = live.iter().map(|t| (t.rows, &t.inputs[..])).collect();
+            let stages = resp.stages;
+            Ok((stages, split(&servable.what(), &servable.signature.inputs, padding, resp, &tasks, run_rows)?))
+        });
     match result {
         Ok((stages, parts)) => {
             let stages = crate::metrics::call::batched(stages, popped);
@@ -308,150 +363,77 @@ fn finish(servable: &Servable, t: Task, answer: Result<InferResponse, Error>) {
 
 /// The merged request: every input concatenated along the first dimension (padded when asked), with
 /// `run_rows - rows` copies of the first row appended for `allowed_batch_sizes`.
-fn merge(servable: &Servable, tasks: &[Task], run_rows: usize) -> Result<InferRequest, Error> {
+fn merge(servable: &Servable, padding: &Padding, tasks: &[Task], run_rows: usize) -> Result<InferRequest, Error> {
     let mut inputs = Vec::with_capacity(servable.signature.inputs.len());
     for (i, spec) in servable.signature.inputs.iter().enumerate() {
         let parts: Vec<&Tensor> = tasks.iter().map(|t| &t.inputs[i]).collect();
-        let merged = merge_tensors(spec.dtype, &parts, run_rows)
-            .map_err(|e| Error::Internal(format!("{}: merging input '{}': {e}", servable.what(), spec.name)))?;
+        let fill = padding.fills.get(i).and_then(Option::as_deref);
+        let merged = merge_tensors(spec.dtype, &parts, run_rows, fill).map_err(|e| match e {
+            MergeError::TooLarge(shape, bytes) => Error::ResourceExhausted(format!(
+                "{}: the batch's input '{}' of shape {} ({}) cannot be allocated",
+                servable.what(),
+                spec.name,
+                fmt_shape(&shape),
+                bytes.map_or_else(|| "more bytes than memory can address".to_string(), |b| format!("{b} bytes"))
+            )),
+            MergeError::Mismatch(m) => {
+                Error::Internal(format!("{}: merging input '{}': {m}", servable.what(), spec.name))
+            }
+        })?;
         inputs.push((spec.name.clone(), merged));
     }
     Ok(InferRequest { inputs, outputs: Vec::new() })
 }
 
-/// Concatenates `parts` along dimension 0 into `run_rows` rows. Parts whose other dimensions are
-/// smaller than the largest are padded at the end of each dimension with their own first element;
-/// rows beyond the parts' are copies of the first row (zeros if there is none).
-pub(crate) fn merge_tensors(dtype: DType, parts: &[&Tensor], run_rows: usize) -> Result<Tensor, String> {
-    let first = parts.first().ok_or("no requests to merge")?;
-    let rank = first.shape.len();
-    if rank == 0 || parts.iter().any(|p| p.shape.len() != rank) {
-        return Err("inputs of different ranks".into());
-    }
-    let rows: usize = parts.iter().map(|p| p.shape[0].max(0) as usize).sum();
-    if parts.len() == 1 && rows == run_rows {
-        return Ok((*first).clone());
-    }
-    let mut inner: Vec<i64> = first.shape[1..].to_vec();
-    for p in parts {
-        for (d, &n) in inner.iter_mut().zip(&p.shape[1..]) {
-            *d = (*d).max(n);
-        }
-    }
-    let row_elems: usize = inner.iter().map(|&d| d.max(0) as usize).product();
-    let mut shape = Vec::with_capacity(rank);
-    shape.push(i64::try_from(run_rows).map_err(|_| "too many rows")?);
-    shape.extend_from_slice(&inner);
-    let data = match dtype.size() {
-        Some(size) => {
-            let mut out = BytesMut::with_capacity(run_rows * row_elems * size);
-            for p in parts {
-                let TensorData::Raw(b) = &p.data else { return Err("string data in a numeric tensor".into()) };
-                if p.shape[1..] == inner[..] {
-                    out.extend_from_slice(b);
-                } else {
-                    let fill = b.get(..size).map(<[u8]>::to_vec).unwrap_or_else(|| vec![0; size]);
-                    pad_into(&p.shape, &inner, &mut |src| match src {
-                        Some(i) => out.extend_from_slice(&b[i * size..(i + 1) * size]),
-                        None => out.extend_from_slice(&fill),
-                    });
-                }
-            }
-            let row = row_elems * size;
-            let first_row = if rows > 0 { out[..row].to_vec() } else { vec![0; row] };
-            for _ in rows..run_rows {
-                out.extend_from_slice(&first_row);
-            }
-            TensorData::Raw(out.freeze())
-        }
-        None => {
-            let mut out: Vec<Bytes> = Vec::with_capacity(run_rows * row_elems);
-            for p in parts {
-                let TensorData::Strings(s) = &p.data else { return Err("numeric data in a string tensor".into()) };
-                if p.shape[1..] == inner[..] {
-                    out.extend_from_slice(s);
-                } else {
-                    let fill = s.first().cloned().unwrap_or_default();
-                    pad_into(&p.shape, &inner, &mut |src| out.push(src.map_or_else(|| fill.clone(), |i| s[i].clone())));
-                }
-            }
-            let first_row: Vec<Bytes> =
-                if rows > 0 { out[..row_elems].to_vec() } else { vec![Bytes::new(); row_elems] };
-            for _ in rows..run_rows {
-                out.extend_from_slice(&first_row);
-            }
-            TensorData::Strings(out)
-        }
-    };
-    Tensor::new(dtype, shape, data).map_err(|e| e.to_string())
-}
-
-/// Walks a tensor of `shape` padded to `[shape[0], inner...]` in row-major order, calling `emit` with
-/// each element's index in the unpadded tensor, or None for padding.
-fn pad_into(shape: &[i64], inner: &[i64], emit: &mut dyn FnMut(Option<usize>)) {
-    let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-    let mut target = Vec::with_capacity(dims.len());
-    target.push(dims[0]);
-    target.extend(inner.iter().map(|&d| d.max(0) as usize));
-    walk(&dims, &target, 0, Some(0), emit);
-}
-
-fn walk(dims: &[usize], target: &[usize], axis: usize, base: Option<usize>, emit: &mut dyn FnMut(Option<usize>)) {
-    if axis == dims.len() {
-        emit(base);
-        return;
-    }
-    let stride: usize = dims[axis + 1..].iter().product();
-    for i in 0..target[axis] {
-        let inside = base.filter(|_| i < dims[axis]).map(|b| b + i * stride);
-        walk(dims, target, axis + 1, inside, emit);
-    }
-}
-
-/// Splits every output of the batch back into the tasks' rows.
+/// Splits every output of the batch back into the tasks' rows, and cuts each `trim_outputs` output's
+/// dimension 1 back to the request's own length of its input's dimension 1.
+/// `tasks` are each request's rows and inputs (in the order of `inputs`, the signature's).
 fn split(
-    servable: &Servable,
+    what: &str,
+    inputs: &[TensorSpec],
+    padding: &Padding,
     resp: InferResponse,
-    tasks: &[Task],
+    tasks: &[(usize, &[Tensor])],
     run_rows: usize,
 ) -> Result<Vec<Vec<(String, Tensor)>>, Error> {
     let mut parts: Vec<Vec<(String, Tensor)>> = tasks.iter().map(|_| Vec::with_capacity(resp.outputs.len())).collect();
     for (name, t) in resp.outputs {
         if t.shape.first().copied() != i64::try_from(run_rows).ok() {
             return Err(Error::FailedPrecondition(format!(
-                "{}: output '{name}' has shape {} for a batch of {run_rows} rows, so it cannot be split back into \
+                "{what}: output '{name}' has shape {} for a batch of {run_rows} rows, so it cannot be split back into \
                  requests; run this model without batching",
-                servable.what(),
                 fmt_shape(&t.shape)
             )));
         }
+        // (input index, the batch's length of its dimension 1) when this output is trimmed.
+        let trim = padding.trim_of(&name).map(|i| {
+            let len = |&(_, inputs): &(usize, &[Tensor])| inputs[i].shape.get(1).copied().unwrap_or(0);
+            (i, tasks.iter().map(len).max().unwrap_or(0))
+        });
+        if let Some((i, padded)) = trim {
+            if t.shape.get(1) != Some(&padded) {
+                let input = &inputs[i].name;
+                return Err(Error::FailedPrecondition(format!(
+                    "{what}: output '{name}' has shape {} in a batch whose input '{input}' has length {padded} in \
+                     dimension 1, so it cannot be cut back to each request's length; trim_outputs in maas.pbtxt \
+                     says that dimension 1 of '{name}' follows dimension 1 of '{input}', and it does not",
+                    fmt_shape(&t.shape)
+                )));
+            }
+        }
         let mut offset = 0;
-        for (task, out) in tasks.iter().zip(parts.iter_mut()) {
-            out.push((name.clone(), slice_rows(&t, offset, task.rows, run_rows)));
-            offset += task.rows;
+        for (&(rows, task_inputs), out) in tasks.iter().zip(parts.iter_mut()) {
+            let cut = |e: String| Error::Internal(format!("{what}: splitting output '{name}': {e}"));
+            let mut part = slice_rows(&t, offset, rows, run_rows).map_err(cut)?;
+            if let Some((i, _)) = trim {
+                let own = task_inputs[i].shape.get(1).map_or(0, |&d| d.max(0) as usize);
+                part = trim_dim1(&part, own).map_err(cut)?;
+            }
+            out.push((name.clone(), part));
+            offset += rows;
         }
     }
     Ok(parts)
-}
-
-/// Rows `[offset, offset + n)` of a tensor with `rows` rows (no copy for fixed-width data).
-pub(crate) fn slice_rows(t: &Tensor, offset: usize, n: usize, rows: usize) -> Tensor {
-    if offset == 0 && n == rows {
-        return t.clone();
-    }
-    let mut shape = t.shape.clone();
-    shape[0] = n as i64;
-    let data = match &t.data {
-        TensorData::Raw(b) => {
-            let row = b.len().checked_div(rows).unwrap_or(0);
-            TensorData::Raw(b.slice(offset * row..(offset + n) * row))
-        }
-        TensorData::Strings(s) => {
-            let row = s.len().checked_div(rows).unwrap_or(0);
-            TensorData::Strings(s[offset * row..(offset + n) * row].to_vec())
-        }
-    };
-    Tensor { dtype: t.dtype, shape, data }
 }
 
 /// The outputs a request asked for, in its order (all, in model order, when it named none).
@@ -473,72 +455,103 @@ fn select(servable: &Servable, mut outputs: Vec<(String, Tensor)>, wanted: &[Str
 mod tests {
     use super::*;
 
-    fn f32s(shape: &[i64], v: &[f32]) -> Tensor {
-        Tensor::new(DType::F32, shape.to_vec(), TensorData::Raw(Bytes::copy_from_slice(bytemuck::cast_slice(v))))
-            .unwrap()
+    use crate::runtime::settings::BatchingConfig;
+    use crate::tensor::{DType, TensorData};
+    use bytes::Bytes;
+
+    fn tensor<T: bytemuck::Pod>(dtype: DType, shape: &[i64], v: &[T]) -> Tensor {
+        Tensor::new(dtype, shape.to_vec(), TensorData::Raw(Bytes::copy_from_slice(bytemuck::cast_slice(v)))).unwrap()
     }
 
-    fn values(t: &Tensor) -> Vec<f32> {
+    fn raw(t: &Tensor) -> &Bytes {
         match &t.data {
-            TensorData::Raw(b) => bytemuck::pod_collect_to_vec(b),
+            TensorData::Raw(b) => b,
             TensorData::Strings(_) => panic!("strings"),
         }
     }
 
-    #[test]
-    fn merge_concatenates_and_pads_rows() {
-        let a = f32s(&[1, 2], &[1., 2.]);
-        let b = f32s(&[2, 2], &[3., 4., 5., 6.]);
-        let m = merge_tensors(DType::F32, &[&a, &b], 3).unwrap();
-        assert_eq!(m.shape, vec![3, 2]);
-        assert_eq!(values(&m), vec![1., 2., 3., 4., 5., 6.]);
-        // allowed_batch_sizes: padded with copies of the first row.
-        let m = merge_tensors(DType::F32, &[&a, &b], 5).unwrap();
-        assert_eq!(m.shape, vec![5, 2]);
-        assert_eq!(values(&m), vec![1., 2., 3., 4., 5., 6., 1., 2., 1., 2.]);
-        // One request that needs nothing is passed through as it is.
-        assert_eq!(merge_tensors(DType::F32, &[&b], 2).unwrap(), b);
-    }
-
-    #[test]
-    fn merge_pads_variable_length_inputs_with_the_first_element() {
-        let a = f32s(&[1, 1, 2], &[7., 8.]);
-        let b = f32s(&[1, 2, 1], &[3., 4.]);
-        let m = merge_tensors(DType::F32, &[&a, &b], 2).unwrap();
-        assert_eq!(m.shape, vec![2, 2, 2]);
-        assert_eq!(values(&m), vec![7., 8., 7., 7., 3., 3., 4., 3.]);
-    }
-
-    #[test]
-    fn merge_strings() {
-        let s = |shape: &[i64], v: &[&str]| {
-            Tensor::new(
-                DType::String,
-                shape.to_vec(),
-                TensorData::Strings(v.iter().map(|x| Bytes::copy_from_slice(x.as_bytes())).collect()),
-            )
-            .unwrap()
+    /// A BERT-like signature, trimming `hidden` (rank 3) and `ids` (rank 2) to `input_ids`.
+    fn bert() -> (Vec<TensorSpec>, Padding) {
+        let spec = |name: &str, dtype, shape: &[i64]| TensorSpec { name: name.into(), dtype, shape: shape.to_vec() };
+        let sig = Signature {
+            inputs: vec![spec("input_ids", DType::I64, &[-1, -1])],
+            outputs: vec![
+                spec("hidden", DType::F32, &[-1, -1, 2]),
+                spec("ids", DType::I64, &[-1, -1]),
+                spec("pooled", DType::F32, &[-1, 2]),
+            ],
         };
-        let m = merge_tensors(DType::String, &[&s(&[1, 1], &["a"]), &s(&[1, 2], &["b", "c"])], 3).unwrap();
-        assert_eq!(m, s(&[3, 2], &["a", "a", "b", "c", "a", "a"]));
+        let mut cfg = BatchingConfig::default();
+        for out in ["hidden", "ids"] {
+            cfg.trim_outputs.insert(out.into(), "input_ids".into());
+        }
+        let padding = Padding::resolve(&cfg, &sig).unwrap();
+        (sig.inputs, padding)
     }
 
     #[test]
-    fn split_slices_rows_without_copying() {
-        let t = f32s(&[4, 2], &[0., 1., 2., 3., 4., 5., 6., 7.]);
-        let part = slice_rows(&t, 1, 2, 4);
-        assert_eq!(part.shape, vec![2, 2]);
-        assert_eq!(values(&part), vec![2., 3., 4., 5.]);
-        if let (TensorData::Raw(all), TensorData::Raw(p)) = (&t.data, &part.data) {
-            assert_eq!(p.as_ptr(), all[8..].as_ptr(), "a slice of the batch's buffer");
+    fn split_cuts_trimmed_outputs_back_to_each_requests_length() {
+        let (inputs, padding) = bert();
+        // Requests of 1 row x 2 tokens, 2 rows x 3 tokens, 1 row x 1 token: a batch of [4, 3].
+        let reqs = [
+            tensor(DType::I64, &[1, 2], &[1i64, 2]),
+            tensor(DType::I64, &[2, 3], &[3i64, 4, 5, 6, 7, 8]),
+            tensor(DType::I64, &[1, 1], &[9i64]),
+        ];
+        let tasks: Vec<(usize, &[Tensor])> =
+            reqs.iter().map(|t| (t.shape[0] as usize, std::slice::from_ref(t))).collect();
+        let hidden: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let ids = [1i64, 2, 0, 3, 4, 5, 6, 7, 8, 9, 0, 0];
+        let out = |hidden: Tensor| InferResponse {
+            outputs: vec![
+                ("hidden".into(), hidden),
+                ("ids".into(), tensor(DType::I64, &[4, 3], &ids)),
+                ("pooled".into(), tensor(DType::F32, &[4, 2], &[0f32; 8])),
+            ],
+            ..Default::default()
+        };
+        let batch = tensor(DType::F32, &[4, 3, 2], &hidden);
+        let parts = split("m", &inputs, &padding, out(batch.clone()), &tasks, 4).unwrap();
+        let shapes: Vec<Vec<Vec<i64>>> =
+            parts.iter().map(|p| p.iter().map(|(_, t)| t.shape.clone()).collect()).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                vec![vec![1, 2, 2], vec![1, 2], vec![1, 2]],
+                vec![vec![2, 3, 2], vec![2, 3], vec![2, 2]],
+                vec![vec![1, 1, 2], vec![1, 1], vec![1, 2]],
+            ]
+        );
+        assert_eq!(parts[0][1].1, reqs[0]);
+        assert_eq!(parts[1][1].1, reqs[1]);
+        assert_eq!(parts[2][1].1, reqs[2]);
+        assert_eq!(parts[0][0].1, tensor(DType::F32, &[1, 2, 2], &[0f32, 1., 2., 3.]));
+        assert_eq!(parts[2][0].1, tensor(DType::F32, &[1, 1, 2], &[18f32, 19.]));
+        // One-row requests and untrimmed requests are slices of the batch's buffer.
+        assert_eq!(raw(&parts[0][0].1).as_ptr(), raw(&batch).as_ptr());
+        assert_eq!(raw(&parts[1][0].1).as_ptr(), raw(&batch)[24..].as_ptr());
+        assert_eq!(raw(&parts[2][0].1).as_ptr(), raw(&batch)[72..].as_ptr());
+
+        // An output that does not follow its input: a precise error, no panic.
+        for shape in [vec![4, 2, 2], vec![4, 4, 1]] {
+            let e = split("m", &inputs, &padding, out(tensor(DType::F32, &shape, &[0f32; 16])), &tasks, 4).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "m: output 'hidden' has shape {} in a batch whose input 'input_ids' has length 3 in dimension 1, \
+                     so it cannot be cut back to each request's length; trim_outputs in maas.pbtxt says that \
+                     dimension 1 of 'hidden' follows dimension 1 of 'input_ids', and it does not",
+                    fmt_shape(&shape)
+                )
+            );
         }
-        assert_eq!(slice_rows(&t, 0, 4, 4), t);
-        assert_eq!(slice_rows(&t, 3, 0, 4).shape, vec![0, 2]);
+        let e = split("m", &inputs, &padding, out(tensor(DType::F32, &[4], &[0f32; 4])), &tasks, 4).unwrap_err();
+        assert!(e.to_string().starts_with("m: output 'hidden' has shape [4] in a batch whose"), "{e}");
     }
 
     #[test]
     fn only_dynamic_first_dimensions_batch() {
-        use crate::tensor::TensorSpec;
         let spec =
             |name: &str, shape: &[i64]| TensorSpec { name: name.into(), dtype: DType::F32, shape: shape.to_vec() };
         let sig = Signature { inputs: vec![spec("x", &[-1, 4])], outputs: vec![spec("y", &[-1])] };

@@ -1,16 +1,24 @@
 //! Conversion between core tensors and ONNX Runtime values.
 //!
 //! Inputs borrow the request's bytes when they are aligned for the element type (no copy); otherwise
-//! they are copied once. Strings are always copied (ONNX Runtime stores its own NUL-terminated copies).
+//! they are copied once. Strings are always copied (ONNX Runtime keeps each element in its own
+//! `std::string`). A string element is an arbitrary byte sequence, as in ONNX and TF Serving: NUL and
+//! invalid UTF-8 included. The safe `ort` API only takes and gives `&str`/`String`, so string tensors go
+//! through ONNX Runtime's C API, which takes and gives a pointer and a length per element.
 //! Outputs of at least [`ZERO_COPY_OUTPUT_BYTES`] are not copied either: the core tensor's `Bytes`
 //! owns the ONNX Runtime value and points into its buffer, so the only copy left is the front end's
 //! encoding into the wire message. Smaller outputs are copied (cheaper than the shared owner).
 use crate::tensor::{DType, Tensor, TensorData};
 use bytes::Bytes;
 use half::{bf16, f16};
+use ort::memory::Allocator;
 use ort::session::SessionInputValue;
-use ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, TensorRef, ValueType};
+use ort::sys::{OrtStatusPtr, OrtValue};
+use ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, TensorRef, Value, ValueType};
+use ort::AsPointer;
+use std::ffi::{c_char, CStr};
 use std::fmt::Debug;
+use std::ptr::{self, NonNull};
 
 /// The core dtype for an ONNX Runtime element type, if maas serves it.
 pub(crate) fn dtype_from_ort(ty: TensorElementType) -> Option<DType> {
@@ -38,16 +46,9 @@ pub(crate) fn to_input<'t>(name: &str, t: &'t Tensor) -> Result<SessionInputValu
     let shape = t.shape.clone();
     let fail = |e: ort::Error| format!("input '{name}': could not create an ONNX Runtime tensor: {e}");
     match &t.data {
-        TensorData::Strings(items) => {
-            let mut strs = Vec::with_capacity(items.len());
-            for (i, b) in items.iter().enumerate() {
-                let s = std::str::from_utf8(b).map_err(|e| {
-                    format!("input '{name}': string element {i} is not valid UTF-8 ({e}); ONNX string tensors hold UTF-8 text")
-                })?;
-                strs.push(s.to_owned());
-            }
-            ort::value::Tensor::from_string_array((shape, strs.as_slice())).map(SessionInputValue::from).map_err(fail)
-        }
+        TensorData::Strings(items) => string_tensor(&shape, items)
+            .map(SessionInputValue::from)
+            .map_err(|e| format!("input '{name}': could not create an ONNX Runtime string tensor: {e}")),
         TensorData::Raw(b) => match t.dtype {
             DType::F32 => pod::<f32>(shape, b),
             DType::F64 => pod::<f64>(shape, b),
@@ -152,7 +153,10 @@ pub(crate) fn from_output(name: &str, v: DynValue) -> Result<Tensor, String> {
             .try_extract_tensor::<bool>()
             .map(|(_, s)| TensorData::Raw(s.iter().map(|&x| u8::from(x)).collect::<Vec<u8>>().into())),
         DType::String => {
-            v.try_extract_strings().map(|(_, s)| TensorData::Strings(s.into_iter().map(Bytes::from).collect()))
+            let n = crate::tensor::element_count(&shape).map_err(|e| format!("output '{name}': {e}"))?;
+            let items =
+                read_strings(v, n).map_err(|e| format!("output '{name}': could not read the string tensor: {e}"))?;
+            Ok(TensorData::Strings(items))
         }
     }
     .map_err(fail)?;
@@ -165,4 +169,199 @@ where
 {
     let (_, s) = v.try_extract_tensor::<T>()?;
     Ok(TensorData::Raw(Bytes::copy_from_slice(bytemuck::cast_slice::<T, u8>(s))))
+}
+
+/// Turns a non-null `OrtStatus` into an error naming the call (and releases the status).
+fn check(status: OrtStatusPtr, call: &str) -> Result<(), String> {
+    if status.0.is_null() {
+        return Ok(());
+    }
+    let api = ort::api();
+    // SAFETY: `status.0` is a non-null status that ONNX Runtime just returned and that we own. Its
+    // message is a NUL-terminated string owned by the status, copied out before the status is released
+    // exactly once here.
+    let message = unsafe {
+        let text = (api.GetErrorMessage)(status.0);
+        let message = if text.is_null() {
+            String::from("no message")
+        } else {
+            CStr::from_ptr(text).to_string_lossy().into_owned()
+        };
+        (api.ReleaseStatus)(status.0);
+        message
+    };
+    Err(format!("{call}: {message}"))
+}
+
+/// An ONNX Runtime string tensor of `shape` holding exactly the bytes of `items` (row-major; the caller
+/// guarantees `items.len()` is the product of `shape`, as [`Tensor::new`] does). Elements may contain
+/// NUL and need not be UTF-8.
+pub(crate) fn string_tensor(shape: &[i64], items: &[Bytes]) -> Result<DynValue, String> {
+    let api = ort::api();
+    let mut allocator = Allocator::default();
+    let mut raw: *mut OrtValue = ptr::null_mut();
+    // SAFETY: the allocator is ONNX Runtime's default CPU allocator (alive for the whole process);
+    // `shape` is a live slice read for `shape.len()` elements; `raw` is a valid out-pointer.
+    let status = unsafe {
+        (api.CreateTensorAsOrtValue)(
+            allocator.ptr_mut(),
+            shape.as_ptr(),
+            shape.len(),
+            TensorElementType::String.into(),
+            &mut raw,
+        )
+    };
+    check(status, "CreateTensorAsOrtValue")?;
+    let raw = NonNull::new(raw).ok_or("CreateTensorAsOrtValue returned no value")?;
+    // SAFETY: `raw` is a valid tensor value that we own, created with `allocator`; the `Value` takes
+    // ownership and releases it when dropped, so every early return below frees it.
+    let mut value: DynValue = unsafe { Value::from_ptr(raw, Some(&allocator)) };
+    for (i, item) in items.iter().enumerate() {
+        let mut buf: *mut c_char = ptr::null_mut();
+        // SAFETY: `value` is the live string tensor created above and not shared; ONNX Runtime checks
+        // `i` against its element count; `buf` is a valid out-pointer.
+        let status = unsafe { (api.GetResizedStringTensorElementBuffer)(value.ptr_mut(), i, item.len(), &mut buf) };
+        check(status, &format!("GetResizedStringTensorElementBuffer (element {i}, {} bytes)", item.len()))?;
+        if item.is_empty() {
+            continue;
+        }
+        if buf.is_null() {
+            return Err(format!("GetResizedStringTensorElementBuffer returned no buffer for element {i}"));
+        }
+        // SAFETY: `buf` points at the `item.len()` writable bytes of element i's string, just resized to
+        // that length by ONNX Runtime and owned by `value` (alive here); `item` is a distinct Rust
+        // allocation, so the ranges do not overlap.
+        unsafe { ptr::copy_nonoverlapping(item.as_ptr(), buf.cast::<u8>(), item.len()) };
+    }
+    Ok(value)
+}
+
+/// The `n` elements of a string tensor, as exact bytes. One buffer holds them all; each element is a
+/// slice of it. Sizes come from the model, so the buffers are reserved fallibly.
+fn read_strings(v: &DynValue, n: usize) -> Result<Vec<Bytes>, String> {
+    let api = ort::api();
+    let mut total: usize = 0;
+    // SAFETY: `v` is a live string tensor (its element type was checked by the caller); `total` is a
+    // valid out-pointer.
+    check(unsafe { (api.GetStringTensorDataLength)(v.ptr(), &mut total) }, "GetStringTensorDataLength")?;
+    let mut data: Vec<u8> = Vec::new();
+    data.try_reserve_exact(total)
+        .map_err(|e| format!("cannot allocate {total} bytes for {n} string element(s): {e}"))?;
+    let mut offsets: Vec<usize> = Vec::new();
+    offsets.try_reserve_exact(n).map_err(|e| format!("cannot allocate offsets for {n} string element(s): {e}"))?;
+    // SAFETY: `data` has capacity for `total` bytes and `offsets` for `n` offsets; ONNX Runtime writes
+    // at most `total` bytes (the length it just reported; it refuses a smaller buffer) and exactly
+    // `n` offsets (it refuses an `offsets_len` other than the element count).
+    let status =
+        unsafe { (api.GetStringTensorContent)(v.ptr(), data.as_mut_ptr().cast(), total, offsets.as_mut_ptr(), n) };
+    check(status, "GetStringTensorContent")?;
+    // SAFETY: the call succeeded, so it initialized the first `total` bytes and `n` offsets.
+    unsafe {
+        data.set_len(total);
+        offsets.set_len(n);
+    }
+    let data = Bytes::from(data);
+    let mut items = Vec::new();
+    items.try_reserve_exact(n).map_err(|e| format!("cannot allocate {n} string element(s): {e}"))?;
+    for (i, &start) in offsets.iter().enumerate() {
+        let end = offsets.get(i + 1).copied().unwrap_or(total);
+        if start > end || end > total {
+            return Err(format!("ONNX Runtime gave element {i} the range {start}..{end} of {total} bytes"));
+        }
+        items.push(data.slice(start..end));
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> &'static ort::environment::Environment {
+        crate::runtime::env::init(None).expect("ONNX Runtime (run ./scripts/setup.sh)")
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift64*), every byte value included.
+    fn blob(n: usize, mut seed: u64) -> Bytes {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            out.extend_from_slice(&seed.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+        }
+        out.truncate(n);
+        Bytes::from(out)
+    }
+
+    fn items() -> Vec<Bytes> {
+        vec![
+            Bytes::from_static(b"\x00\xff\xfe"),
+            Bytes::new(),
+            blob(1 << 20, 0x9e37_79b9_7f4a_7c15),
+            Bytes::from_static(b"a\0b\0"),
+            Bytes::from_static("caf\u{e9}".as_bytes()),
+            Bytes::from_static(b"\xc3\x28 invalid"),
+        ]
+    }
+
+    fn round_trip(shape: Vec<i64>, items: Vec<Bytes>) {
+        env();
+        let value = string_tensor(&shape, &items).expect("string tensor");
+        let t = from_output("out", value).expect("read back");
+        assert_eq!(t.dtype, DType::String);
+        assert_eq!(t.shape, shape);
+        match &t.data {
+            TensorData::Strings(got) => {
+                assert_eq!(got.len(), items.len());
+                for (i, (g, w)) in got.iter().zip(&items).enumerate() {
+                    assert!(g == w, "element {i}: {} bytes back for {} sent", g.len(), w.len());
+                }
+            }
+            TensorData::Raw(_) => panic!("string tensor read back as raw bytes"),
+        }
+    }
+
+    #[test]
+    fn strings_are_bytes_in_every_shape() {
+        round_trip(vec![6], items());
+        round_trip(vec![2, 3], items());
+        round_trip(vec![3, 1, 2], items());
+        round_trip(vec![], vec![Bytes::from_static(b"\xff")]);
+        round_trip(vec![0], vec![]);
+        round_trip(vec![2, 0, 4], vec![]);
+        round_trip(vec![3], vec![Bytes::new(), Bytes::new(), Bytes::new()]);
+    }
+
+    #[test]
+    fn more_elements_than_the_shape_holds_is_an_error_naming_the_element() {
+        env();
+        let err = string_tensor(&[2], &[Bytes::new(), Bytes::new(), Bytes::from_static(b"x")]).unwrap_err();
+        assert!(err.starts_with("GetResizedStringTensorElementBuffer (element 2, 1 bytes): "), "{err}");
+    }
+
+    #[test]
+    fn a_negative_dimension_is_refused_by_onnx_runtime() {
+        env();
+        let err = string_tensor(&[-1], &[]).unwrap_err();
+        assert!(err.starts_with("CreateTensorAsOrtValue: "), "{err}");
+    }
+
+    #[test]
+    fn non_utf8_strings_pass_through_a_real_model() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/model_repository/identity_string/1/model.onnx");
+        let mut session = crate::runtime::session_builder(env(), 1, 1)
+            .expect("builder")
+            .commit_from_file(path)
+            .expect("identity_string loads");
+        let sent = items();
+        let t = Tensor::new(DType::String, vec![sent.len() as i64], TensorData::Strings(sent.clone())).unwrap();
+        let input_name = session.inputs()[0].name().to_string();
+        let output_name = session.outputs()[0].name().to_string();
+        let input = to_input(&input_name, &t).expect("input");
+        let mut outputs = session.run(vec![(input_name.as_str(), input)]).expect("run");
+        let value = outputs.remove(output_name.as_str()).expect("output");
+        let got = from_output(&output_name, value).expect("output tensor");
+        assert_eq!(got, t);
+    }
 }

@@ -3,11 +3,14 @@
 mod batching;
 mod convert;
 pub mod env;
+mod merge;
+mod padding;
 mod providers;
 mod servable;
 pub mod settings;
 
-pub use providers::Provider;
+pub(crate) use convert::string_tensor;
+pub use providers::{Provider, Registered};
 pub(crate) use servable::{session_builder, signature_of};
 pub use servable::{LoadError, Servable, Stats, StatsSnapshot};
 pub use settings::BatchingConfig;

@@ -37,9 +37,31 @@ impl fmt::Display for Provider {
     }
 }
 
-/// Registers the configured providers in priority order. Returns the builder and a description of
-/// the providers actually registered (e.g. `CUDAExecutionProvider (device 0), CPUExecutionProvider`).
-pub(crate) fn register(mut builder: SessionBuilder, cfg: &RuntimeConfig) -> Result<(SessionBuilder, String), String> {
+/// The execution providers a version's sessions actually got, in priority order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// e.g. `["CUDAExecutionProvider (device 0)", "CPUExecutionProvider"]`.
+    pub names: Vec<String>,
+    /// Why a configured provider is missing (only with `--allow-cpu-fallback`), e.g. `cuda: ...`.
+    pub fallback: Vec<String>,
+}
+
+impl fmt::Display for Registered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.names.join(", "))?;
+        if !self.fallback.is_empty() {
+            write!(f, " (fallback: {})", self.fallback.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Registers the configured providers in priority order. Returns the builder and the providers
+/// actually registered.
+pub(crate) fn register(
+    mut builder: SessionBuilder,
+    cfg: &RuntimeConfig,
+) -> Result<(SessionBuilder, Registered), String> {
     let mut registered: Vec<String> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     for &p in &cfg.providers {
@@ -72,9 +94,5 @@ pub(crate) fn register(mut builder: SessionBuilder, cfg: &RuntimeConfig) -> Resu
         tracing::warn!(failures = %failures.join("; "), "GPU execution provider unavailable, falling back to CPU");
     }
     registered.push(Provider::Cpu.ort_name().to_string());
-    let mut desc = registered.join(", ");
-    if !failures.is_empty() {
-        desc.push_str(&format!(" (fallback: {})", failures.join("; ")));
-    }
-    Ok((builder, desc))
+    Ok((builder, Registered { names: registered, fallback: failures }))
 }

@@ -7,9 +7,9 @@
 use super::batching::{unbatchable, Batcher};
 use super::convert::{dtype_from_ort, from_output, to_input};
 use super::providers;
-use super::{settings, RuntimeConfig};
+use super::{settings, BatchingConfig, RuntimeConfig};
 use crate::error::Error;
-use crate::tensor::{fmt_shape, InferRequest, InferResponse, Signature, Tensor, TensorData, TensorSpec};
+use crate::tensor::{fmt_shape, InferRequest, InferResponse, Signature, TensorSpec};
 use ort::environment::Environment;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
@@ -125,7 +125,7 @@ pub struct Servable {
     pub path: PathBuf,
     pub signature: Signature,
     /// Execution providers actually registered, e.g. `CPUExecutionProvider`.
-    pub providers: String,
+    pub providers: providers::Registered,
     sessions: Vec<Mutex<Session>>,
     permits: Arc<Semaphore>,
     /// Dynamic batching, when configured and the model allows it.
@@ -175,13 +175,23 @@ impl Servable {
         let signature = signature_of(&sessions[0]).map_err(|m| LoadError::new(Code::InvalidArgument, m))?;
         let batcher = match &cfg.batching {
             None => None,
-            Some(b) => match unbatchable(&signature) {
-                Some(why) => {
-                    tracing::info!(model, version, "not batched: {why}");
-                    None
+            Some(b) => {
+                // Checks pad_values and trim_outputs against the signature.
+                let batcher =
+                    Batcher::new(b.clone(), b.num_batch_threads.unwrap_or(pool_size), &signature, cfg.max_tensor_bytes)
+                        .map_err(|m| {
+                            let file = settings::settings_file(path)
+                                .unwrap_or_else(|| path.with_file_name(settings::SETTINGS_FILE));
+                            LoadError::new(Code::InvalidArgument, settings::invalid(&file, &m))
+                        })?;
+                match unbatchable(&signature) {
+                    Some(why) => {
+                        tracing::info!(model, version, "not batched: {why}");
+                        None
+                    }
+                    None => Some(batcher),
                 }
-                None => Some(Batcher::new(b.clone(), b.num_batch_threads.unwrap_or(pool_size))),
-            },
+            }
         };
         tracing::info!(model, version, path = %path.display(), sessions = pool_size, providers = %providers, "loaded model version");
         Ok(Servable {
@@ -215,7 +225,7 @@ impl Servable {
         self.sessions.len()
     }
 
-    /// How requests are batched, for status messages (None = not batched).
+    /// How requests are batched, for the load log line (None = not batched).
     pub fn batching(&self) -> Option<String> {
         self.batcher.as_ref().map(|b| {
             format!(
@@ -225,6 +235,16 @@ impl Servable {
                 b.threads()
             )
         })
+    }
+
+    /// The batching parameters in effect and the number of batch threads (None = not batched).
+    pub fn batching_config(&self) -> Option<(&BatchingConfig, usize)> {
+        self.batcher.as_ref().map(|b| (&b.cfg, b.threads()))
+    }
+
+    /// The version's directory (where `model.onnx` and `assets.extra/` are).
+    pub fn version_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(&self.path)
     }
 
     pub(crate) fn what(&self) -> String {
@@ -438,26 +458,14 @@ impl Servable {
         Ok(InferResponse { outputs: result, stages })
     }
 
-    /// Runs every session once on inputs synthesized from the signature (dynamic dimensions = 1,
-    /// zeros / empty strings), so the first real request does not pay for lazy initialization.
-    pub fn warmup(&self) -> Result<(), String> {
-        let mut inputs = Vec::with_capacity(self.signature.inputs.len());
-        for spec in &self.signature.inputs {
-            let shape: Vec<i64> = spec.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
-            let n = crate::tensor::element_count(&shape).map_err(|e| format!("warmup input '{}': {e}", spec.name))?;
-            let data = match spec.dtype.size() {
-                Some(size) => TensorData::Raw(bytes::Bytes::from(vec![0u8; n.saturating_mul(size)])),
-                None => TensorData::Strings(vec![bytes::Bytes::new(); n]),
-            };
-            let t = Tensor::new(spec.dtype, shape, data).map_err(|e| format!("warmup input '{}': {e}", spec.name))?;
-            inputs.push((spec.name.clone(), t));
+    /// Runs a validated request on session `i` of the pool for warmup, before the version serves.
+    /// `counted`: whether the run adds to the execution count (recorded warmup requests do).
+    pub(crate) fn warm_session(&self, i: usize, req: &InferRequest, counted: bool) -> Result<InferResponse, Error> {
+        let session = &self.sessions[i % self.sessions.len()];
+        if counted {
+            self.stats.executions.fetch_add(1, Ordering::Relaxed);
         }
-        let req = InferRequest { inputs, outputs: Vec::new() };
-        for session in &self.sessions {
-            self.run_on(&req, || Ok(session.lock().unwrap_or_else(|p| p.into_inner())))
-                .map_err(|e| format!("warmup run failed: {e}"))?;
-        }
-        Ok(())
+        self.run_on(req, || Ok(session.lock().unwrap_or_else(|p| p.into_inner())))
     }
 
     fn take_session(&self) -> Result<MutexGuard<'_, Session>, Error> {

@@ -4,6 +4,7 @@ use super::RuntimeConfig;
 use crate::proto::maas::ModelSettings;
 use crate::proto::tensorflow::serving::BatchingParameters;
 use crate::repository::config::parse_text_message;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,9 +32,27 @@ pub struct BatchingConfig {
     /// `max_batch_size`).
     pub allowed_batch_sizes: Vec<usize>,
     /// Merge requests whose non-batch dimensions differ, padding each input to the largest size in
-    /// the batch with its first element.
+    /// the batch with its first element (or its `pad_values` entry).
     pub pad_variable_length_inputs: bool,
+    /// Per input: the value padding uses instead of the request's first element (`maas.pbtxt`
+    /// `pad_values`; cast to the input's dtype and checked against the signature at load).
+    pub pad_values: BTreeMap<String, PadValue>,
+    /// Output name -> input name: the output's dimension 1 follows the input's dimension 1, so each
+    /// request's part is cut back to its own length (`maas.pbtxt` `trim_outputs`).
+    pub trim_outputs: BTreeMap<String, String>,
 }
+
+/// A `pad_values` entry as written (a double); compared bit for bit, so configurations stay `Eq`.
+#[derive(Debug, Clone, Copy)]
+pub struct PadValue(pub f64);
+
+impl PartialEq for PadValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for PadValue {}
 
 impl Default for BatchingConfig {
     fn default() -> Self {
@@ -44,6 +63,8 @@ impl Default for BatchingConfig {
             num_batch_threads: None,
             allowed_batch_sizes: Vec::new(),
             pad_variable_length_inputs: false,
+            pad_values: BTreeMap::new(),
+            trim_outputs: BTreeMap::new(),
         }
     }
 }
@@ -97,6 +118,7 @@ impl BatchingConfig {
             num_batch_threads,
             allowed_batch_sizes,
             pad_variable_length_inputs: p.pad_variable_length_inputs,
+            ..BatchingConfig::default()
         })
     }
 
@@ -134,7 +156,12 @@ pub fn for_version(base: &RuntimeConfig, model_file: &Path) -> Result<RuntimeCon
         return Ok(base.clone());
     };
     let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    apply(base, &text).map_err(|e| format!("invalid model settings {}: {e}", file.display()))
+    apply(base, &text).map_err(|e| invalid(&file, &e))
+}
+
+/// The load error of an invalid settings file.
+pub fn invalid(file: &Path, e: &str) -> String {
+    format!("invalid model settings {}: {e}", file.display())
 }
 
 /// Applies the settings text (a `maas.ModelSettings`) to `base`.
@@ -166,6 +193,12 @@ pub fn apply(base: &RuntimeConfig, text: &str) -> Result<RuntimeConfig, String> 
     };
     let enabled = s.enable_batching.unwrap_or(params.is_some() || cfg.batching.is_some());
     cfg.batching = if enabled { Some(params.or_else(|| cfg.batching.clone()).unwrap_or_default()) } else { None };
+    // Pad values and trims are checked against the signature when the version loads; unbatched, they
+    // have nothing to do.
+    if let Some(b) = &mut cfg.batching {
+        b.pad_values = s.pad_values.into_iter().map(|(k, v)| (k, PadValue(v))).collect();
+        b.trim_outputs = s.trim_outputs.into_iter().collect();
+    }
     Ok(cfg)
 }
 
@@ -190,6 +223,7 @@ mod tests {
                 num_batch_threads: Some(3),
                 allowed_batch_sizes: vec![4, 8, 32],
                 pad_variable_length_inputs: true,
+                ..BatchingConfig::default()
             }
         );
         assert_eq!(c.padded_rows(1), 4);
@@ -243,6 +277,36 @@ mod tests {
             "batching_parameters: max_batch_size must be at least 1, got -2"
         );
         assert!(apply(&base, "threads: 3").unwrap_err().starts_with("syntax error at line 1"));
+    }
+
+    #[test]
+    fn pad_values_and_trim_outputs_are_read_with_batching() {
+        let base = RuntimeConfig::default();
+        let text = r#"
+            enable_batching: true
+            batching_parameters { pad_variable_length_inputs: true }
+            pad_values { key: "attention_mask" value: 0 }
+            pad_values { key: "input_ids" value: -1.5 }
+            trim_outputs { key: "last_hidden_state" value: "input_ids" }
+        "#;
+        let b = apply(&base, text).unwrap().batching.unwrap();
+        assert!(b.pad_variable_length_inputs);
+        let pads: Vec<(&str, f64)> = b.pad_values.iter().map(|(k, v)| (k.as_str(), v.0)).collect();
+        assert_eq!(pads, vec![("attention_mask", 0.0), ("input_ids", -1.5)]);
+        assert_eq!(b.trim_outputs.get("last_hidden_state").map(String::as_str), Some("input_ids"));
+        // With server-wide batching parameters, the model's pad values join them.
+        let global = BatchingConfig { pad_variable_length_inputs: true, ..BatchingConfig::default() };
+        let base = RuntimeConfig { batching: Some(global), ..RuntimeConfig::default() };
+        let b = apply(&base, r#"pad_values { key: "x" value: 2 }"#).unwrap().batching.unwrap();
+        assert!(b.pad_variable_length_inputs);
+        assert_eq!(b.pad_values.get("x"), Some(&PadValue(2.0)));
+        // Unbatched, they have nothing to do.
+        let c = apply(&base, r#"enable_batching: false pad_values { key: "x" value: 2 }"#).unwrap();
+        assert_eq!(c.batching, None);
+        // The double is kept as written; it is cast to the input's dtype when the version loads.
+        assert_ne!(PadValue(0.0), PadValue(-0.0));
+        let e = apply(&base, r#"pad_values { key: "x" value: "zero" }"#).unwrap_err();
+        assert!(e.starts_with("syntax error at line 1"), "{e}");
     }
 
     #[test]
