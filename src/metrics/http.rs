@@ -88,4 +88,18 @@ mod tests {
         let err = parse_monitoring_config("prometheus_config { enabled: true }").unwrap_err();
         assert!(err.starts_with("syntax error at line 1, column 21"), "{err}");
     }
+
+    #[test]
+    fn monitoring_config_file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.config");
+        let err = read_monitoring_config(&missing).unwrap_err();
+        assert!(err.starts_with(&format!("cannot read monitoring config file {}: ", missing.display())), "{err}");
+        let bad = dir.path().join("bad.config");
+        std::fs::write(&bad, "prometheus_config { enable: maybe }").unwrap();
+        let err = read_monitoring_config(&bad).unwrap_err();
+        assert!(err.starts_with(&format!("invalid monitoring config file {}: syntax error", bad.display())), "{err}");
+        std::fs::write(&bad, "prometheus_config { enable: true path: \"/prom\" }").unwrap();
+        assert_eq!(read_monitoring_config(&bad), Ok(Some("/prom".into())));
+    }
 }
