@@ -294,6 +294,8 @@ impl ServeArgs {
                     batching,
                     max_tensor_bytes: self.max_tensor_bytes.unwrap_or(self.max_message_size_bytes),
                     trt_engine_cache_dir: self.trt_engine_cache_dir.clone(),
+                    // per model, from maas.pbtxt
+                    tensorrt: Default::default(),
                 },
                 num_load_threads: self.num_load_threads,
                 max_load_retries: self.max_num_load_retries,

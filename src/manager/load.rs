@@ -31,7 +31,7 @@ impl ModelManager {
             let started = Instant::now();
             let result = Servable::load(env, &m, version, &file, &cfg.runtime).and_then(|s| {
                 // Before the version is published: requests never wait for this.
-                let outcome = warmup::run(&s, cfg.enable_warmup, cfg.warmup_iterations)?;
+                let outcome = warmup::run(&s, cfg.enable_warmup, cfg.warmup_iterations, cfg.runtime.max_tensor_bytes)?;
                 Ok((s, outcome))
             });
             let _ = tx.send((result, started.elapsed()));

@@ -3,11 +3,14 @@
 mod batching;
 mod convert;
 pub mod env;
+pub mod gpu;
 mod merge;
 mod padding;
 mod providers;
 mod servable;
 pub mod settings;
+pub mod trt_cache;
+pub mod trt_options;
 
 pub(crate) use convert::string_tensor;
 pub use providers::{Provider, Registered};
@@ -38,6 +41,8 @@ pub struct RuntimeConfig {
     pub max_tensor_bytes: usize,
     /// TensorRT engine cache root (None = the default under `$XDG_CACHE_HOME`).
     pub trt_engine_cache_dir: Option<std::path::PathBuf>,
+    /// TensorRT build options (per model, from `maas.pbtxt`).
+    pub tensorrt: trt_options::TrtOptions,
 }
 
 impl RuntimeConfig {
@@ -64,6 +69,7 @@ impl Default for RuntimeConfig {
             batching: None,
             max_tensor_bytes: 1 << 30,
             trt_engine_cache_dir: None,
+            tensorrt: trt_options::TrtOptions::default(),
         }
     }
 }

@@ -7,6 +7,7 @@
 use super::batching::{unbatchable, Batcher};
 use super::convert::{dtype_from_ort, from_output, to_input};
 use super::providers;
+use super::trt_options::{profile_warmup_shapes, Shapes, TrtOptions};
 use super::{settings, BatchingConfig, RuntimeConfig};
 use crate::error::Error;
 use crate::tensor::{fmt_shape, InferRequest, InferResponse, Signature, TensorSpec};
@@ -130,6 +131,8 @@ pub struct Servable {
     permits: Arc<Semaphore>,
     /// Dynamic batching, when configured and the model allows it.
     batcher: Option<Batcher>,
+    /// The model's TensorRT options, when TensorRT was registered (the warmup runs at its profile).
+    tensorrt: Option<TrtOptions>,
     /// Prometheus series, given by the registry when the version is registered.
     metrics: OnceLock<Arc<crate::metrics::VersionMetrics>>,
 }
@@ -162,8 +165,9 @@ impl Servable {
         let builder = session_builder(env, cfg.intra_op_threads, cfg.inter_op_threads)?
             .with_log_id(format!("{model}:{version}"))
             .map_err(|e| format!("could not set the log id: {e}"))?;
+        let target = providers::Target { model, version, dir: path.parent().unwrap_or(Path::new(".")) };
         let (mut builder, providers) =
-            providers::register(builder, cfg).map_err(|m| LoadError::new(Code::FailedPrecondition, m))?;
+            providers::register(builder, cfg, &target).map_err(|m| LoadError::new(Code::FailedPrecondition, m))?;
         let pool_size = cfg.sessions();
         let mut sessions = Vec::with_capacity(pool_size);
         for _ in 0..pool_size {
@@ -193,6 +197,7 @@ impl Servable {
                 }
             }
         };
+        let tensorrt = providers.has(providers::Provider::TensorRt).then(|| cfg.tensorrt.clone());
         tracing::info!(model, version, path = %path.display(), sessions = pool_size, providers = %providers, "loaded model version");
         Ok(Servable {
             batcher,
@@ -201,6 +206,7 @@ impl Servable {
             path: path.to_path_buf(),
             signature,
             providers,
+            tensorrt,
             stats: Stats::default(),
             in_flight: AtomicUsize::new(0),
             max_in_flight: cfg.max_in_flight,
@@ -243,6 +249,12 @@ impl Servable {
     }
 
     /// The version's directory (where `model.onnx` and `assets.extra/` are).
+    /// With TensorRT and a profile in `maas.pbtxt`: the input shapes of each synthesized warmup round
+    /// (opt, then max), or why the profile does not fit the model. None otherwise.
+    pub fn tensorrt_warmup_shapes(&self) -> Option<Result<Vec<Shapes>, String>> {
+        self.tensorrt.as_ref().and_then(|o| profile_warmup_shapes(o, &self.signature))
+    }
+
     pub fn version_dir(&self) -> &Path {
         self.path.parent().unwrap_or(&self.path)
     }
