@@ -13,6 +13,11 @@ use std::time::Duration;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log output on stderr: `text` (human-readable) or `json` (one JSON object per line with
+    /// timestamp, level, target, message and fields, request_id included).
+    #[arg(long, alias = "log_format", global = true, value_enum, default_value_t = crate::logging::LogFormat::Text, env = "MAAS_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 // Parsed once per process: the size of the variants does not matter.
@@ -24,6 +29,9 @@ pub enum Command {
     /// Measure: closed-loop gRPC load against a running server (`load`), or the same model on
     /// ONNX Runtime in this process (`inprocess`).
     Bench(crate::bench::BenchArgs),
+    /// Print the models of a running server: versions, states, providers, load times and request
+    /// counts (through its gRPC APIs; `--json` for scripts).
+    Status(crate::status_cli::StatusArgs),
 }
 
 /// Flags of `maas serve`. Where TensorFlow Serving has the same flag, its underscore spelling is
@@ -173,6 +181,11 @@ pub struct ServeArgs {
     /// Models loaded at the same time.
     #[arg(long, alias = "num_load_threads", default_value_t = 1, value_name = "N")]
     pub num_load_threads: usize,
+
+    /// Write one access log line per request (target `maas::access`): request id, protocol, API,
+    /// model, version, status, rows, bytes in/out, duration, peer. Never tensor contents or headers.
+    #[arg(long, alias = "access_log")]
+    pub access_log: bool,
 
     /// TF Serving MonitoringConfig (text format): `prometheus_config { enable: true path: "..." }`
     /// also serves the Prometheus metrics at that path (default /monitoring/prometheus/metrics) on
@@ -330,7 +343,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
             Command::Serve(a) => a.to_config(),
-            Command::Bench(_) => Err("not a serve command".into()),
+            _ => Err("not a serve command".into()),
         }
     }
 

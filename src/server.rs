@@ -124,7 +124,7 @@ pub async fn serve_with_metrics(
                             tracing::warn!("cannot set TCP_NODELAY on a REST connection: {e}");
                         }
                     }),
-                    router,
+                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
                 )
                 .with_graceful_shutdown(graceful)
                 .await
@@ -162,6 +162,7 @@ pub async fn serve_with_metrics(
         })
     });
     let server = tonic::transport::Server::builder()
+        .layer(crate::logging::grpc::GrpcRequestLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

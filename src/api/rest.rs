@@ -64,6 +64,7 @@ pub fn router_with_limits(manager: Arc<ModelManager>, max_body_bytes: usize, max
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(TensorLimit(max_tensor_bytes)))
+        .layer(axum::middleware::from_fn(crate::logging::rest::rest_request_middleware))
         .with_state(manager)
 }
 

@@ -344,6 +344,11 @@ impl Servable {
         deadline: Option<Instant>,
     ) -> Result<InferResponse, Error> {
         let started = Instant::now();
+        crate::logging::note_servable(
+            &self.model,
+            self.version,
+            req.inputs.first().and_then(|(_, t)| t.shape.first().copied()),
+        );
         // Admission: beyond the in-flight bound, refuse at once instead of queueing.
         let admitted = InFlight::admit(self)?;
         if let Err(e) = self.validate(&req) {
@@ -371,9 +376,12 @@ impl Servable {
             .map_err(|_| Error::Unavailable(format!("{} is unloading", self.what())))?;
         drop(waiting);
         let this = Arc::clone(self);
+        // The request's span (request id) goes with it to the blocking thread.
+        let span = tracing::Span::current();
         // Statistics are recorded on the blocking thread, so they count requests whose client
         // gave up while they waited.
         tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             let _admitted = admitted;
             let result = match deadline {
                 Some(d) if Instant::now() >= d => Err(Error::DeadlineExceeded(format!(
