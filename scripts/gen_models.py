@@ -27,6 +27,8 @@ Written files:
   tests/fixtures/repo/slow/1/model.onnx              many MatMul+Tanh layers
   tests/fixtures/rollout/v<k>.onnx                   y = x + k, x float32 [N, 1], k = 1..12
   tests/fixtures/rollout/warmup_fails.onnx           loads, but its warmup run (N = 1) fails
+  tests/fixtures/objstore/v2/model.onnx + offset.bin y = x + 2, the constant as ONNX external data:
+                                                     model.onnx alone does not load (object-store tests)
   tests/fixtures/value_shapes/expand_shape/1/model.onnx    Expand whose shape is an input
   tests/fixtures/value_shapes/split_sequence/1/model.onnx  SplitToSequence with a split-sizes input
   tests/fixtures/rows/extra_row/1/model.onnx         x f32[N, 2] -> y = Concat(x, x[0:1]): N + 1 rows
@@ -231,6 +233,25 @@ def offset(value):
     return make_model(graph)
 
 
+def offset_external(value, data_file):
+    """y = x + value with the constant stored outside the model (ONNX external data in `data_file`).
+
+    Returns (model bytes, data bytes): the model alone fails to load, so a version loaded before its
+    second object arrived would show.
+    """
+    model = offset(value)
+    c = model.graph.initializer[0]
+    data = c.raw_data if c.raw_data else f32(list(c.float_data)).tobytes()
+    c.ClearField("raw_data")
+    c.ClearField("float_data")
+    c.data_location = TensorProto.EXTERNAL
+    for key, val in (("location", data_file), ("offset", "0"), ("length", str(len(data)))):
+        entry = c.external_data.add()
+        entry.key = key
+        entry.value = val
+    return serialize(model), bytes(data)
+
+
 def warmup_fails():
     """Loads fine, but Reshape([N] -> [2, 3]) fails for the warmup input (N = 1): only N = 6 runs."""
     shape = numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "shape")
@@ -246,6 +267,7 @@ def warmup_fails():
 
 ROLLOUT = os.path.join(ROOT, "tests", "fixtures", "rollout")
 ROLLOUT_VERSIONS = 12
+OBJSTORE = os.path.join(ROOT, "tests", "fixtures", "objstore")
 
 
 # --------------------------------------------------------------------------
@@ -354,6 +376,9 @@ def generate(slow_layers=SLOW_LAYERS):
     for k in range(1, ROLLOUT_VERSIONS + 1):
         write_bytes(os.path.join(ROLLOUT, f"v{k}.onnx"), serialize(offset(k)))
     write_bytes(os.path.join(ROLLOUT, "warmup_fails.onnx"), serialize(warmup_fails()))
+    model, data = offset_external(2, "offset.bin")
+    write_bytes(os.path.join(OBJSTORE, "v2", "model.onnx"), model)
+    write_bytes(os.path.join(OBJSTORE, "v2", "offset.bin"), data)
     generate_value_shapes()
     generate_rows()
 

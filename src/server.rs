@@ -20,8 +20,13 @@ type PredictionSvc = PredictionServiceServer<TfServing>;
 type ModelSvc = ModelServiceServer<TfServing>;
 type InferenceSvc = GrpcInferenceServiceServer<KServeGrpc>;
 
-/// Service names whose health is reported: "" (the whole server) and each API service.
+/// Service names whose health is reported: "" (the whole server) and each API service. They are
+/// SERVING once the initial models are loaded (the readiness probe).
 pub const HEALTH_SERVICES: [&str; 4] = ["", PredictionSvc::NAME, ModelSvc::NAME, InferenceSvc::NAME];
+
+/// The health service name for a liveness probe: SERVING from the moment the port answers (model
+/// loading does not hold it back), NOT_SERVING once shutdown begins.
+pub const LIVENESS_SERVICE: &str = "liveness";
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     for name in HEALTH_SERVICES {
@@ -60,6 +65,7 @@ pub async fn serve_with_metrics(
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
+    reporter.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -173,6 +179,7 @@ pub async fn serve_with_metrics(
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, finishing in-flight requests");
             set_health(&drain_reporter, ServingStatus::NotServing).await;
+            drain_reporter.set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing).await;
             let _ = stop_tx.send(true);
             let _ = drain_tx.send(());
         });

@@ -46,6 +46,8 @@ fn help_documents_every_flag() {
         "--reload-config-timeout-seconds",
         "--log-format",
         "--access-log",
+        "--model-cache-dir",
+        "--object-store-metadata-credentials",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

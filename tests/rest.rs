@@ -41,7 +41,7 @@ impl Rest {
     }
 
     async fn repo(dir: &Path) -> Rest {
-        Rest::start(ModelSource::Repository(dir.to_path_buf())).await
+        Rest::start(ModelSource::Repository(dir.to_path_buf().into())).await
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
@@ -553,7 +553,7 @@ async fn labels_and_versions() {
         publish(&base, v, &model);
     }
     let labels = BTreeMap::from([("stable".to_string(), 1), ("canary".to_string(), 2)]);
-    let cfg = ModelConfig { name: "nc".into(), base_path: base, policy: VersionPolicy::All, labels };
+    let cfg = ModelConfig { name: "nc".into(), base_path: base.into(), policy: VersionPolicy::All, labels };
     let rest = Rest::start(ModelSource::List(vec![cfg])).await;
 
     let (s, v) = rest.get_json("/v1/models/nc").await;

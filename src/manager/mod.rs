@@ -25,6 +25,9 @@ pub use table::{ServingTable, VersionSelector};
 pub use warmup::WarmupOutcome;
 
 use crate::repository::config::ModelConfig;
+use crate::repository::object_store::ObjectStoreConfig;
+use crate::repository::remote::Remote;
+use crate::repository::uri::Location;
 use crate::repository::Fingerprint;
 use crate::runtime::{BatchingConfig, RuntimeConfig, Servable};
 use arc_swap::ArcSwap;
@@ -108,8 +111,9 @@ pub struct ModelDetails {
 /// Where the list of models comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
-    /// Every directory under this root is a model, serving its latest version.
-    Repository(PathBuf),
+    /// Every directory (or object-store prefix) under this root is a model, serving its latest
+    /// version.
+    Repository(Location),
     /// An explicit list: a config file, `--model_name`/`--model_base_path`, or a reload RPC.
     List(Vec<ModelConfig>),
 }
@@ -129,6 +133,8 @@ pub struct ManagerConfig {
     pub allow_labels_for_unavailable: bool,
     /// Repository scan period; `None` = scan once at start (and when asked to).
     pub poll_interval: Option<Duration>,
+    /// Object-store repositories: credentials, cache, listing period.
+    pub object_store: ObjectStoreConfig,
 }
 
 impl ManagerConfig {
@@ -149,6 +155,7 @@ impl Default for ManagerConfig {
             warmup_iterations: 1,
             allow_labels_for_unavailable: false,
             poll_interval: Some(Duration::from_secs(1)),
+            object_store: ObjectStoreConfig::default(),
         }
     }
 }
@@ -237,7 +244,9 @@ pub struct ModelManager {
     table: ArcSwap<ServingTable>,
     state: Mutex<State>,
     load_slots: Arc<Semaphore>,
-    wake: Notify,
+    wake: Arc<Notify>,
+    /// Object-store roots: listings, downloads, the cache.
+    remote: Remote,
     metrics: crate::metrics::Registry,
 }
 
@@ -249,7 +258,9 @@ impl std::fmt::Debug for ModelManager {
 
 impl ModelManager {
     pub fn new(env: &'static Environment, cfg: ManagerConfig, source: ModelSource) -> ModelManager {
+        let wake = Arc::new(Notify::new());
         ModelManager {
+            remote: Remote::new(cfg.object_store.clone(), Arc::clone(&wake)),
             env,
             load_slots: Arc::new(Semaphore::new(cfg.num_load_threads.max(1))),
             cfg,
@@ -261,7 +272,7 @@ impl ModelManager {
                 excluded: BTreeSet::new(),
                 initial_done: false,
             }),
-            wake: Notify::new(),
+            wake,
             metrics: crate::metrics::Registry::for_loaded_runtime(),
         }
     }
