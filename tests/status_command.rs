@@ -31,13 +31,13 @@ async fn status_lists_models_states_and_counts() {
     cfg.source = maas::manager::ModelSource::List(vec![
         maas::repository::config::ModelConfig {
             name: "numbers_classifier".into(),
-            base_path: repo.path().join("numbers_classifier"),
+            base_path: repo.path().join("numbers_classifier").into(),
             policy: maas::repository::policy::VersionPolicy::All,
             labels: Default::default(),
         },
         maas::repository::config::ModelConfig {
             name: "identity_float".into(),
-            base_path: repo.path().join("identity_float"),
+            base_path: repo.path().join("identity_float").into(),
             policy: Default::default(),
             labels: Default::default(),
         },
