@@ -22,6 +22,10 @@ pub enum Command {
     /// Measure: closed-loop gRPC load against a running server (`load`), or the same model on
     /// ONNX Runtime in this process (`inprocess`).
     Bench(crate::bench::BenchArgs),
+    /// Make a smaller, faster version of a model offline (int8 quantization, ONNX Runtime's graph
+    /// pass), check it against the source with the accuracy guard, and publish it as a new version.
+    /// Exit status: 0 published (or --dry-run passed), 1 refused by the guard, 2 error.
+    Optimize(crate::optimize::OptimizeArgs),
 }
 
 /// Flags of `maas serve`. Where TensorFlow Serving has the same flag, its underscore spelling is
@@ -279,6 +283,7 @@ impl ServeArgs {
                     batching,
                     max_tensor_bytes: self.max_tensor_bytes.unwrap_or(self.max_message_size_bytes),
                     trt_engine_cache_dir: self.trt_engine_cache_dir.clone(),
+                    graph_optimization: crate::runtime::GraphOptimization::All,
                 },
                 num_load_threads: self.num_load_threads,
                 max_load_retries: self.max_num_load_retries,
@@ -309,7 +314,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
             Command::Serve(a) => a.to_config(),
-            Command::Bench(_) => Err("not a serve command".into()),
+            Command::Bench(_) | Command::Optimize(_) => Err("not a serve command".into()),
         }
     }
 

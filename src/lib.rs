@@ -12,6 +12,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod manager;
+pub mod optimize;
 pub mod proto;
 pub mod repository;
 pub mod runtime;

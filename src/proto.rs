@@ -24,4 +24,9 @@ pub mod inference {
 /// maas's own messages (per-model settings, `maas.pbtxt`).
 pub mod maas {
     tonic::include_proto!("maas");
+
+    /// The ONNX model format (`proto/maas/onnx.proto`), read and written by `maas optimize`.
+    pub mod onnx {
+        tonic::include_proto!("maas.onnx");
+    }
 }
