@@ -100,6 +100,8 @@ pub struct VersionDetails {
 #[derive(Debug, Clone)]
 pub struct ModelDetails {
     pub name: String,
+    /// The model's directory (its versions are sub-directories).
+    pub base_path: PathBuf,
     /// Why the model has nothing to load, if so.
     pub problem: Option<String>,
     pub versions: Vec<(i64, VersionDetails)>,

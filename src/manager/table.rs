@@ -190,6 +190,7 @@ impl ModelManager {
         };
         Ok(ModelDetails {
             name: model.to_string(),
+            base_path: rec.config.base_path.clone(),
             problem: rec.problem.clone(),
             versions: rec.versions.iter().map(|(v, r)| (*v, r.details())).collect(),
         })
