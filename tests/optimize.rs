@@ -66,6 +66,38 @@ fn sha256(path: &Path) -> String {
 }
 
 #[test]
+fn help_documents_every_flag() {
+    let out = maas().args(["optimize", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--model-dir",
+        "--from",
+        "--to",
+        "--graph",
+        "--quantize",
+        "--per-channel",
+        "--embeddings",
+        "--candidate",
+        "--guard-inputs",
+        "--guard-samples",
+        "--guard-batch",
+        "--guard-seq",
+        "--min-cosine",
+        "--dry-run",
+        "--latency-seconds",
+        "--seed",
+        "--ort-lib",
+        "--json",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+    for value in ["- none:", "- basic:", "- extended:", "- int8-dynamic:"] {
+        assert!(help.contains(value), "--help lacks {value}:\n{help}");
+    }
+}
+
+#[test]
 fn errors_exit_2_and_refusals_exit_1_and_neither_publishes() {
     let gen_dir = tempfile::tempdir().unwrap();
     gen(gen_dir.path());

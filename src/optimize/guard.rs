@@ -82,18 +82,33 @@ pub fn load_session(env: &Environment, path: &Path, intra: usize) -> Result<Sess
         .map_err(|e| format!("ONNX Runtime could not load {}: {e}", path.display()))
 }
 
-/// Runs both models on every sample and judges the candidate. `Err` only when the source (or the
-/// inputs) cannot run; a candidate that fails to load or run is refused.
-pub fn run(
+/// Runs both models on every sample (made by `samples` from the source's signature) and judges the
+/// candidate. `Err` only when the source (or the inputs) cannot run; a candidate that fails to load or
+/// run is refused.
+pub fn run<S: AsRef<[Feed]>>(
     env: &Environment,
     source: &Path,
+    candidate: &Path,
+    samples: impl FnOnce(&Signature) -> Result<S, String>,
+    min_cosine: f64,
+    intra: usize,
+) -> Result<(GuardReport, S), String> {
+    let mut src = load_session(env, source, intra)?;
+    let src_sig = signature_of(&src)?;
+    let made = samples(&src_sig)?;
+    let report = judge(&mut src, &src_sig, env, candidate, made.as_ref(), min_cosine, intra)?;
+    Ok((report, made))
+}
+
+fn judge(
+    src: &mut Session,
+    src_sig: &Signature,
+    env: &Environment,
     candidate: &Path,
     feeds: &[Feed],
     min_cosine: f64,
     intra: usize,
 ) -> Result<GuardReport, String> {
-    let mut src = load_session(env, source, intra)?;
-    let src_sig = signature_of(&src)?;
     let mut report = GuardReport {
         min_cosine,
         samples: feeds.len(),
@@ -109,7 +124,7 @@ pub fn run(
         }
     };
     let cand_sig = signature_of(&cand)?;
-    if let Some(why) = signature_difference(&src_sig, &cand_sig) {
+    if let Some(why) = signature_difference(src_sig, &cand_sig) {
         report.reasons.push(why);
         return Ok(report);
     }
@@ -129,9 +144,9 @@ pub fn run(
         }
     }
     for (i, feed) in feeds.iter().enumerate() {
-        let a = run_feed(&mut src, feed, &src_sig)
-            .map_err(|e| format!("the source failed on guard sample {}: {e}", i + 1))?;
-        let b = match run_feed(&mut cand, feed, &src_sig) {
+        let a =
+            run_feed(src, feed, src_sig).map_err(|e| format!("the source failed on guard sample {}: {e}", i + 1))?;
+        let b = match run_feed(&mut cand, feed, src_sig) {
             Ok(b) => b,
             Err(e) => {
                 report.reasons.push(format!("the candidate failed on guard sample {}: {e}", i + 1));

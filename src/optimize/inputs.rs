@@ -24,6 +24,12 @@ pub struct Samples {
     pub feeds: Vec<Feed>,
 }
 
+impl AsRef<[Feed]> for Samples {
+    fn as_ref(&self) -> &[Feed] {
+        &self.feeds
+    }
+}
+
 /// How synthesized inputs are shaped.
 #[derive(Debug, Clone, Copy)]
 pub struct Synth {

@@ -98,7 +98,7 @@ pub struct OptimizeArgs {
     pub guard_seq: i64,
 
     /// Smallest per-row cosine similarity every float output must keep.
-    #[arg(long, default_value_t = 0.99, value_name = "C")]
+    #[arg(long, default_value_t = 0.99, value_name = "C", allow_negative_numbers = true)]
     pub min_cosine: f64,
 
     /// Run everything and the guard, publish nothing.
@@ -237,21 +237,18 @@ pub fn run(a: OptimizeArgs) -> Result<Outcome, String> {
 
     // The guard, on the written files.
     let guard_start = Instant::now();
-    let src_session = guard::load_session(env, &source_model, 1)?;
-    let signature = crate::runtime::signature_of(&src_session)?;
-    drop(src_session);
     let recorded = p.source_dir.join(crate::manager::warmup::WARMUP_FILE);
-    let samples = match &a.guard_inputs {
-        Some(path) => inputs::read(path, &signature.inputs, a.guard_samples)?,
-        None if recorded.is_file() => inputs::read_recorded(&recorded, a.guard_samples)?,
+    let intra = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let make_samples = |signature: &crate::tensor::Signature| match &a.guard_inputs {
+        Some(path) => inputs::read(path, &signature.inputs, a.guard_samples),
+        None if recorded.is_file() => inputs::read_recorded(&recorded, a.guard_samples),
         None => {
             let synth =
                 inputs::Synth { samples: a.guard_samples, batch: a.guard_batch, seq: a.guard_seq, seed: a.seed };
-            inputs::synthesize(&signature.inputs, &inputs::vocabulary_sizes(&source.model), synth)?
+            inputs::synthesize(&signature.inputs, &inputs::vocabulary_sizes(&source.model), synth)
         }
     };
-    let intra = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let verdict = guard::run(env, &source_model, &candidate, &samples.feeds, a.min_cosine, intra)?;
+    let (verdict, samples) = guard::run(env, &source_model, &candidate, make_samples, a.min_cosine, intra)?;
     let guard_time = guard_start.elapsed();
 
     let source_files = onnx_proto::model_files(&source_model)?;

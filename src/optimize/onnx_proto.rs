@@ -182,12 +182,24 @@ pub fn write_synced(path: &Path, data: &[u8]) -> Result<(), String> {
     f.sync_all().map_err(|e| format!("cannot sync {}: {e}", path.display()))
 }
 
-/// The files of a model version as written: the model file and the external data files it names.
+/// The files of a model as written: the model file and the external data files it names (read without
+/// reading the data).
 pub fn model_files(path: &Path) -> Result<Vec<PathBuf>, String> {
-    let loaded = load(path)?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut model = ModelProto::decode(Bytes::from(bytes))
+        .map_err(|e| format!("{} is not an ONNX model (cannot decode a ModelProto: {e})", path.display()))?;
+    let mut locations = std::collections::BTreeSet::new();
+    if let Some(g) = model.graph.as_mut() {
+        for_each_tensor(g, &mut |t| {
+            if t.data_location() == DataLocation::External {
+                locations.extend(entry(t, "location").map(str::to_string));
+            }
+            Ok(())
+        })?;
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut files = vec![path.to_path_buf()];
-    files.extend(loaded.external_files.iter().map(|f| dir.join(f)));
+    files.extend(locations.iter().map(|f| dir.join(f)));
     Ok(files)
 }
 

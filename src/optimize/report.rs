@@ -160,7 +160,8 @@ pub(crate) fn print(a: &OptimizeArgs, p: &Plan, made: &Made, rec: &Value, outcom
     let (s, c) = (sizes["source_bytes"].as_u64().unwrap_or(0), sizes["candidate_bytes"].as_u64().unwrap_or(0));
     out += &format!("  size: {} -> {} ({:.2}x smaller)\n", mb(s), mb(c), sizes["ratio"].as_f64().unwrap_or(0.0));
     if let Some(l) = rec["load_ms"].as_object() {
-        out += &format!("  session creation: {} ms -> {} ms\n", l["source"], l["candidate"]);
+        let (s, c) = (l["source"].as_f64().unwrap_or(0.0), l["candidate"].as_f64().unwrap_or(0.0));
+        out += &format!("  session creation: {s:.1} ms -> {c:.1} ms\n");
     }
     let g = &rec["guard"];
     let inputs = &g["inputs"];
