@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the wire <-> core tensor conversions every request goes through, using the
-//! server's own functions (`maas::api::tf_tensor`, `maas::api::v2_tensor`):
+//! server's own functions (`maas::api::tf_tensor`, `maas::api::v2_tensor`, which call the core's
+//! `maas::tensor::codec`):
 //!
 //! - `tf_decode` / `tf_encode`: TF `TensorProto` typed `*_val` fields and `tensor_content`
 //! - `v2_decode` / `v2_encode`: KServe v2 typed `InferTensorContents` and raw contents
@@ -13,7 +14,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use maas::api::{tf_tensor, v2_tensor};
 use maas::bench::synth::synthesize;
-use maas::tensor::{DType, Tensor, TensorSpec};
+use maas::tensor::{Budget, DType, Tensor, TensorSpec};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -47,7 +48,11 @@ fn tf(c: &mut Criterion) {
             for &(form, content) in forms {
                 let proto = tf_tensor::encode(t.clone(), content);
                 decode.bench_with_input(BenchmarkId::new(format!("{dtype}/{form}"), n), &proto, |b, p| {
-                    b.iter_batched(|| p.clone(), |p| black_box(tf_tensor::decode("m", "x", p)), batch(n))
+                    b.iter_batched(
+                        || p.clone(),
+                        |p| black_box(tf_tensor::decode("m", "x", p, &mut Budget::unlimited())),
+                        batch(n),
+                    )
                 });
             }
         }
@@ -82,7 +87,16 @@ fn v2(c: &mut Criterion) {
                 decode.bench_with_input(BenchmarkId::new(format!("{dtype}/typed"), n), &contents, |b, c| {
                     b.iter_batched(
                         || c.clone(),
-                        |c| black_box(v2_tensor::decode_typed("m", "x", dtype, shape.clone(), c)),
+                        |c| {
+                            black_box(v2_tensor::decode_typed(
+                                "m",
+                                "x",
+                                dtype,
+                                shape.clone(),
+                                c,
+                                &mut Budget::unlimited(),
+                            ))
+                        },
                         batch(n),
                     )
                 });
@@ -91,7 +105,7 @@ fn v2(c: &mut Criterion) {
             decode.bench_with_input(BenchmarkId::new(format!("{dtype}/raw"), n), &raw, |b, r| {
                 b.iter_batched(
                     || r.clone(),
-                    |r| black_box(v2_tensor::decode_raw("m", "x", dtype, shape.clone(), r)),
+                    |r| black_box(v2_tensor::decode_raw("m", "x", dtype, shape.clone(), r, &mut Budget::unlimited())),
                     batch(n),
                 )
             });

@@ -27,8 +27,12 @@ Written files:
   tests/fixtures/repo/slow/1/model.onnx              many MatMul+Tanh layers
   tests/fixtures/rollout/v<k>.onnx                   y = x + k, x float32 [N, 1], k = 1..12
   tests/fixtures/rollout/warmup_fails.onnx           loads, but its warmup run (N = 1) fails
+  tests/fixtures/objstore/v2/model.onnx + offset.bin y = x + 2, the constant as ONNX external data:
+                                                     model.onnx alone does not load (object-store tests)
   tests/fixtures/value_shapes/expand_shape/1/model.onnx    Expand whose shape is an input
   tests/fixtures/value_shapes/split_sequence/1/model.onnx  SplitToSequence with a split-sizes input
+  tests/fixtures/rows/extra_row/1/model.onnx         x f32[N, 2] -> y = Concat(x, x[0:1]): N + 1 rows
+  tests/fixtures/rows/uneven_rows/1/model.onnx       x f32[N, 2] -> a = x (N rows), b = Concat(x, x[0:1]) (N + 1)
 """
 
 import argparse
@@ -229,6 +233,25 @@ def offset(value):
     return make_model(graph)
 
 
+def offset_external(value, data_file):
+    """y = x + value with the constant stored outside the model (ONNX external data in `data_file`).
+
+    Returns (model bytes, data bytes): the model alone fails to load, so a version loaded before its
+    second object arrived would show.
+    """
+    model = offset(value)
+    c = model.graph.initializer[0]
+    data = c.raw_data if c.raw_data else f32(list(c.float_data)).tobytes()
+    c.ClearField("raw_data")
+    c.ClearField("float_data")
+    c.data_location = TensorProto.EXTERNAL
+    for key, val in (("location", data_file), ("offset", "0"), ("length", str(len(data)))):
+        entry = c.external_data.add()
+        entry.key = key
+        entry.value = val
+    return serialize(model), bytes(data)
+
+
 def warmup_fails():
     """Loads fine, but Reshape([N] -> [2, 3]) fails for the warmup input (N = 1): only N = 6 runs."""
     shape = numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "shape")
@@ -244,6 +267,7 @@ def warmup_fails():
 
 ROLLOUT = os.path.join(ROOT, "tests", "fixtures", "rollout")
 ROLLOUT_VERSIONS = 12
+OBJSTORE = os.path.join(ROOT, "tests", "fixtures", "objstore")
 
 
 # --------------------------------------------------------------------------
@@ -352,7 +376,77 @@ def generate(slow_layers=SLOW_LAYERS):
     for k in range(1, ROLLOUT_VERSIONS + 1):
         write_bytes(os.path.join(ROLLOUT, f"v{k}.onnx"), serialize(offset(k)))
     write_bytes(os.path.join(ROLLOUT, "warmup_fails.onnx"), serialize(warmup_fails()))
+    model, data = offset_external(2, "offset.bin")
+    write_bytes(os.path.join(OBJSTORE, "v2", "model.onnx"), model)
+    write_bytes(os.path.join(OBJSTORE, "v2", "offset.bin"), data)
     generate_value_shapes()
+    generate_rows()
+
+
+# --------------------------------------------------------------------------
+# REST row format: outputs whose first dimension is not the number of instances
+
+
+ROWS = os.path.join(ROOT, "tests", "fixtures", "rows")
+
+
+def _with_first_row(x, out, prefix):
+    """Nodes computing out = Concat(x, x[0:1]) along axis 0 (one row more than x)."""
+    consts = [
+        numpy_helper.from_array(np.array([0], dtype=np.int64), f"{prefix}_start"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), f"{prefix}_end"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), f"{prefix}_axis"),
+    ]
+    nodes = [
+        helper.make_node(
+            "Slice", [x, f"{prefix}_start", f"{prefix}_end", f"{prefix}_axis"], [f"{prefix}_first"], name=f"{prefix}_slice"
+        ),
+        helper.make_node("Concat", [x, f"{prefix}_first"], [out], name=f"{prefix}_concat", axis=0),
+    ]
+    return nodes, consts
+
+
+def extra_row():
+    """x f32[N, 2] -> y f32[N + 1, 2] = Concat(x, x[0:1]): more rows than instances."""
+    nodes, consts = _with_first_row("x", "y", "y")
+    graph = helper.make_graph(
+        nodes,
+        "extra_row",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 2])],
+        initializer=consts,
+    )
+    return make_model(graph)
+
+
+def uneven_rows():
+    """x f32[N, 2] -> a = x (N rows) and b = Concat(x, x[0:1]) (N + 1 rows): outputs that disagree."""
+    nodes, consts = _with_first_row("x", "b", "b")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["a"], name="a")] + nodes,
+        "uneven_rows",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        outputs=[
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["rows", 2]),
+        ],
+        initializer=consts,
+    )
+    return make_model(graph)
+
+
+def generate_rows():
+    write_bytes(os.path.join(ROWS, "extra_row", "1", "model.onnx"), serialize(extra_row()))
+    write_bytes(os.path.join(ROWS, "uneven_rows", "1", "model.onnx"), serialize(uneven_rows()))
+
+
+def verify_rows(session, check):
+    print("rows (outputs with another first dimension than the input):")
+    x = f32([[1, 2], [3, 4]])
+    (y,) = session(os.path.join(ROWS, "extra_row", "1", "model.onnx")).run(["y"], {"x": x})
+    check(y.tolist() == [[1, 2], [3, 4], [1, 2]], f"extra_row y={y.tolist()}")
+    a, b = session(os.path.join(ROWS, "uneven_rows", "1", "model.onnx")).run(["a", "b"], {"x": x})
+    check(a.shape == (2, 2) and b.shape == (3, 2), f"uneven_rows a{a.shape} b{b.shape}")
 
 
 # --------------------------------------------------------------------------
@@ -483,6 +577,7 @@ def verify():
     check(100 <= med <= 300, f"median {med:.1f} ms within 100-300 ms")
 
     verify_value_shapes(session, check)
+    verify_rows(session, check)
 
     if failures:
         print(f"{len(failures)} check(s) failed")

@@ -1,7 +1,9 @@
 //! Command line (clap) and the validated configuration the server runs with.
 use crate::manager::{ManagerConfig, ModelSource};
 use crate::repository::config::{self as model_config, ModelConfig};
+use crate::repository::object_store::{build_store, default_cache_dir, Env, ObjectStoreConfig};
 use crate::repository::policy::VersionPolicy;
+use crate::repository::uri::Location;
 use crate::runtime::{BatchingConfig, Provider, RuntimeConfig};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -13,9 +15,16 @@ use std::time::Duration;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log output on stderr: `text` (human-readable) or `json` (one JSON object per line with
+    /// timestamp, level, target, message and fields, request_id included).
+    #[arg(long, alias = "log_format", global = true, value_enum, default_value_t = crate::logging::LogFormat::Text, env = "MAAS_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start; boxing the flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Serve every model of a model repository over gRPC.
     Serve(ServeArgs),
@@ -26,16 +35,21 @@ pub enum Command {
     /// pass), check it against the source with the accuracy guard, and publish it as a new version.
     /// Exit status: 0 published (or --dry-run passed), 1 refused by the guard, 2 error.
     Optimize(crate::optimize::OptimizeArgs),
+    /// Print the models of a running server: versions, states, providers, load times and request
+    /// counts (through its gRPC APIs; `--json` for scripts).
+    Status(crate::status_cli::StatusArgs),
 }
 
 /// Flags of `maas serve`. Where TensorFlow Serving has the same flag, its underscore spelling is
 /// accepted too (e.g. `--enable_serialization_as_tensor_content`).
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Model repository: <DIR>/<model>/<version>/model.onnx, version a positive integer. Every
-    /// directory is a model serving its latest version; directories added or removed at runtime
-    /// are picked up. Give this, --model-config-file, or --model-base-path.
-    #[arg(long, alias = "model_repository", env = "MAAS_MODEL_REPOSITORY", value_name = "DIR")]
+    /// Model repository: <DIR>/<model>/<version>/model.onnx, version a positive integer; or an
+    /// object-store prefix laid out the same way (s3://bucket/prefix, gs://, az://container/prefix,
+    /// as://account/container/prefix, file://). Every directory is a model serving its latest
+    /// version; models added or removed at runtime are picked up. Give this, --model-config-file,
+    /// or --model-base-path.
+    #[arg(long, alias = "model_repository", env = "MAAS_MODEL_REPOSITORY", value_name = "DIR|URI")]
     pub model_repository: Option<PathBuf>,
 
     /// TF Serving `models.config` (ModelServerConfig text format, model_platform "onnx"): names,
@@ -52,14 +66,27 @@ pub struct ServeArgs {
     #[arg(long, alias = "model_name", default_value = "default", value_name = "NAME")]
     pub model_name: String,
 
-    /// Single-model mode: the directory holding the model's numbered versions.
-    #[arg(long, alias = "model_base_path", value_name = "DIR")]
+    /// Single-model mode: the directory or object-store prefix holding the model's numbered
+    /// versions (or KServe's bare <DIR>/model.onnx, served as version 1).
+    #[arg(long, alias = "model_base_path", value_name = "DIR|URI")]
     pub model_base_path: Option<PathBuf>,
 
     /// Scan the repository for new, changed and removed versions every N seconds (0 = once at
-    /// start). A version is loaded once its files are unchanged across two scans.
-    #[arg(long, alias = "file_system_poll_wait_seconds", default_value_t = 1.0, value_name = "SECONDS")]
-    pub file_system_poll_wait_seconds: f64,
+    /// start). A version is loaded once its files are unchanged across two scans (two listings
+    /// for an object store). Default: 1 for directories; object stores are listed every 30 s
+    /// (with 10% jitter) unless this is given.
+    #[arg(long, alias = "file_system_poll_wait_seconds", value_name = "SECONDS")]
+    pub file_system_poll_wait_seconds: Option<f64>,
+
+    /// Where versions from object stores are downloaded to (one directory per process).
+    /// Default: $XDG_CACHE_HOME/maas/models (or ~/.cache/maas/models).
+    #[arg(long, alias = "model_cache_dir", env = "MAAS_MODEL_CACHE_DIR", value_name = "DIR")]
+    pub model_cache_dir: Option<PathBuf>,
+
+    /// With no credentials in the environment, ask the cloud's instance-metadata service for them
+    /// (AWS IMDS, GCP metadata server, Azure managed identity). Off: such a URI fails at start.
+    #[arg(long, env = "MAAS_OBJECT_STORE_METADATA_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub object_store_metadata_credentials: bool,
 
     /// Retries after a failed load (a version whose files change is always tried again).
     #[arg(long, alias = "max_num_load_retries", default_value_t = 5, value_name = "N")]
@@ -175,6 +202,11 @@ pub struct ServeArgs {
     /// Models loaded at the same time.
     #[arg(long, alias = "num_load_threads", default_value_t = 1, value_name = "N")]
     pub num_load_threads: usize,
+
+    /// Write one access log line per request (target `maas::access`): request id, protocol, API,
+    /// model, version, status, rows, bytes in/out, duration, peer. Never tensor contents or headers.
+    #[arg(long, alias = "access_log")]
+    pub access_log: bool,
 }
 
 /// Everything `server::serve` needs, already validated.
@@ -193,7 +225,7 @@ pub struct ServeConfig {
 impl ServeConfig {
     /// Defaults for serving every model under `repo` (what `maas serve --model-repository repo` uses).
     pub fn new(repo: impl Into<PathBuf>) -> ServeConfig {
-        ServeConfig::with_source(ModelSource::Repository(repo.into()))
+        ServeConfig::with_source(ModelSource::Repository(Location::Local(repo.into())))
     }
 
     pub fn with_source(source: ModelSource) -> ServeConfig {
@@ -233,7 +265,27 @@ impl ServeArgs {
             return Err("--execution-providers needs at least one of cpu, cuda, tensorrt".into());
         }
         let drain_timeout = seconds("--drain-timeout-seconds", self.drain_timeout_seconds)?;
-        let poll = seconds("--file-system-poll-wait-seconds", self.file_system_poll_wait_seconds)?;
+        let poll_flag =
+            self.file_system_poll_wait_seconds.map(|v| seconds("--file-system-poll-wait-seconds", v)).transpose()?;
+        let poll = poll_flag.unwrap_or(Duration::from_secs(1));
+        let object_store = ObjectStoreConfig {
+            env: Env::from_process(),
+            metadata_credentials: self.object_store_metadata_credentials,
+            cache_dir: self.model_cache_dir.clone().unwrap_or_else(default_cache_dir),
+            poll_interval: match poll_flag {
+                Some(p) => (!p.is_zero()).then_some(p),
+                None => Some(Duration::from_secs(30)),
+            },
+            parallel_downloads: 4,
+        };
+        // An object store is checked now (credentials, endpoint; nothing is contacted), so a
+        // misconfigured one fails at start with the URI named.
+        let check = |location: Location| -> Result<Location, String> {
+            if let Location::Remote(uri) = &location {
+                build_store(uri, &object_store)?;
+            }
+            Ok(location)
+        };
         let config_poll = seconds("--model-config-file-poll-wait-seconds", self.model_config_file_poll_wait_seconds)?;
         let reload_timeout = seconds("--reload-config-timeout-seconds", self.reload_config_timeout_seconds)?;
         let given = [self.model_repository.is_some(), self.model_config_file.is_some(), self.model_base_path.is_some()];
@@ -243,20 +295,28 @@ impl ServeArgs {
                 .into());
         }
         let source = if let Some(repo) = &self.model_repository {
-            if !repo.is_dir() {
-                return Err(format!(
-                    "model repository {} is not a directory (expected <dir>/<model>/<version>/model.onnx)",
-                    repo.display()
-                ));
+            let repo = Location::from_arg(repo).map_err(|e| format!("--model-repository: {e}"))?;
+            if let Location::Local(dir) = &repo {
+                if !dir.is_dir() {
+                    return Err(format!(
+                        "model repository {} is not a directory (expected <dir>/<model>/<version>/model.onnx)",
+                        dir.display()
+                    ));
+                }
             }
-            ModelSource::Repository(repo.clone())
+            ModelSource::Repository(check(repo)?)
         } else if let Some(file) = &self.model_config_file {
-            ModelSource::List(read_model_config(file)?)
+            let models = read_model_config(file)?;
+            for m in &models {
+                check(m.base_path.clone())?;
+            }
+            ModelSource::List(models)
         } else {
             let base = self.model_base_path.clone().unwrap_or_default();
+            let base = Location::from_arg(&base).map_err(|e| format!("--model-base-path: {e}"))?;
             ModelSource::List(vec![ModelConfig {
                 name: self.model_name.clone(),
-                base_path: base,
+                base_path: check(base)?,
                 policy: VersionPolicy::default(),
                 labels: Default::default(),
             }])
@@ -284,6 +344,8 @@ impl ServeArgs {
                     max_tensor_bytes: self.max_tensor_bytes.unwrap_or(self.max_message_size_bytes),
                     trt_engine_cache_dir: self.trt_engine_cache_dir.clone(),
                     graph_optimization: crate::runtime::GraphOptimization::All,
+                    // per model, from maas.pbtxt
+                    tensorrt: Default::default(),
                 },
                 num_load_threads: self.num_load_threads,
                 max_load_retries: self.max_num_load_retries,
@@ -292,6 +354,7 @@ impl ServeArgs {
                 warmup_iterations: self.num_request_iterations_for_warmup,
                 allow_labels_for_unavailable: self.allow_version_labels_for_unavailable_models,
                 poll_interval: (!poll.is_zero()).then_some(poll),
+                object_store,
             },
             max_message_size_bytes: self.max_message_size_bytes,
             tensor_content_output: self.enable_serialization_as_tensor_content,
@@ -314,7 +377,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
             Command::Serve(a) => a.to_config(),
-            Command::Bench(_) | Command::Optimize(_) => Err("not a serve command".into()),
+            _ => Err("not a serve command".into()),
         }
     }
 
@@ -334,7 +397,7 @@ mod tests {
             ModelSource::List(l) => {
                 assert_eq!(l.len(), 1);
                 assert_eq!(l[0].name, "mnist");
-                assert_eq!(l[0].base_path, dir.path());
+                assert_eq!(l[0].base_path, Location::from(dir.path()));
                 assert_eq!(l[0].policy, VersionPolicy::Latest(1));
             }
             other => panic!("{other:?}"),
@@ -402,7 +465,7 @@ mod tests {
         let cfg =
             args(&["--model_config_file", f.to_str().unwrap(), "--model_config_file_poll_wait_seconds", "5"]).unwrap();
         match &cfg.source {
-            ModelSource::List(l) => assert_eq!(l[0].base_path, dir.path().join("a")),
+            ModelSource::List(l) => assert_eq!(l[0].base_path, Location::from(dir.path().join("a"))),
             other => panic!("{other:?}"),
         }
         assert_eq!(cfg.model_config_file, Some((f.clone(), Duration::from_secs(5))));

@@ -30,6 +30,9 @@ pub enum Error {
     /// A limit was hit.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A request larger than the server takes (`--max-tensor-bytes`): RESOURCE_EXHAUSTED, HTTP 413.
+    #[error("{0}")]
+    TooLarge(String),
     /// ONNX Runtime failed while running a model.
     #[error("model '{model}' version {version}: ONNX Runtime failed to run: {message}")]
     Runtime { model: String, version: i64, message: String, invalid_input: bool },
@@ -50,7 +53,7 @@ impl Error {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unimplemented(_) => Code::Unimplemented,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::TooLarge(_) => Code::ResourceExhausted,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Runtime { invalid_input: true, .. } => Code::InvalidArgument,
             Error::Runtime { .. } | Error::Internal(_) => Code::Internal,
@@ -59,6 +62,9 @@ impl Error {
 
     /// The HTTP status of this error on the REST front ends (TF Serving's table, from the gRPC code).
     pub fn http_status(&self) -> u16 {
+        if let Error::TooLarge(_) = self {
+            return 413;
+        }
         match self.code() {
             Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
             Code::NotFound => 404,
@@ -103,6 +109,8 @@ mod tests {
         assert_eq!(Error::FailedPrecondition(String::new()).http_status(), 400);
         assert_eq!(Error::NotFound(String::new()).http_status(), 404);
         assert_eq!(Error::ResourceExhausted(String::new()).http_status(), 429);
+        assert_eq!(Error::TooLarge(String::new()).http_status(), 413);
+        assert_eq!(Error::TooLarge(String::new()).code(), Code::ResourceExhausted);
         assert_eq!(Error::Unimplemented(String::new()).http_status(), 501);
         assert_eq!(Error::Unavailable(String::new()).http_status(), 503);
         assert_eq!(Error::Internal(String::new()).http_status(), 500);

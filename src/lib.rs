@@ -11,12 +11,14 @@ pub mod api;
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod logging;
 pub mod manager;
 pub mod optimize;
 pub mod proto;
 pub mod repository;
 pub mod runtime;
 pub mod server;
+pub mod status_cli;
 pub mod tensor;
 
 pub use config::ServeConfig;

@@ -2,21 +2,23 @@
 //! SIGTERM/Ctrl-C, then drains and exits 0.
 use clap::Parser;
 use maas::config::{Cli, Command};
+use maas::logging::LogFormat;
 use std::process::ExitCode;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let access_log = matches!(&cli.command, Command::Serve(a) if a.access_log);
+    maas::logging::init(cli.log_format, access_log);
     match cli.command {
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("maas: error: {e}");
+                if cli.log_format == LogFormat::Json {
+                    // Machines read stderr as JSON lines: the reason goes there as one.
+                    tracing::error!("{e}");
+                } else {
+                    eprintln!("maas: error: {e}");
+                }
                 ExitCode::from(2)
             }
         },
@@ -34,6 +36,13 @@ fn main() -> ExitCode {
             Ok(outcome) => ExitCode::from(outcome.exit_code()),
             Err(e) => {
                 eprintln!("maas optimize: error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Status(args) => match maas::status_cli::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("maas status: error: {e}");
                 ExitCode::from(2)
             }
         },

@@ -20,8 +20,13 @@ type PredictionSvc = PredictionServiceServer<TfServing>;
 type ModelSvc = ModelServiceServer<TfServing>;
 type InferenceSvc = GrpcInferenceServiceServer<KServeGrpc>;
 
-/// Service names whose health is reported: "" (the whole server) and each API service.
+/// Service names whose health is reported: "" (the whole server) and each API service. They are
+/// SERVING once the initial models are loaded (the readiness probe).
 pub const HEALTH_SERVICES: [&str; 4] = ["", PredictionSvc::NAME, ModelSvc::NAME, InferenceSvc::NAME];
+
+/// The health service name for a liveness probe: SERVING from the moment the port answers (model
+/// loading does not hold it back), NOT_SERVING once shutdown begins.
+pub const LIVENESS_SERVICE: &str = "liveness";
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     for name in HEALTH_SERVICES {
@@ -42,10 +47,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let manager = Arc::new(ModelManager::new(env, cfg.manager.clone(), cfg.source.clone()));
-    let api = TfServing::new(Arc::clone(&manager), cfg.tensor_content_output, cfg.reload_config_timeout);
+    let max_tensor_bytes = cfg.manager.runtime.max_tensor_bytes;
+    let api = TfServing::new(Arc::clone(&manager), cfg.tensor_content_output, cfg.reload_config_timeout)
+        .with_max_tensor_bytes(max_tensor_bytes);
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
+    reporter.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -62,9 +70,10 @@ pub async fn serve(
     let prediction =
         PredictionServiceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(max);
     let model = ModelServiceServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max);
-    let inference = GrpcInferenceServiceServer::new(KServeGrpc::new(Arc::clone(&manager), cfg.reload_config_timeout))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let kserve =
+        KServeGrpc::new(Arc::clone(&manager), cfg.reload_config_timeout).with_max_tensor_bytes(max_tensor_bytes);
+    let inference =
+        GrpcInferenceServiceServer::new(kserve).max_decoding_message_size(max).max_encoding_message_size(max);
 
     // Load the initial models in the background; flip health to SERVING when that pass is done,
     // then keep watching the repository.
@@ -92,7 +101,11 @@ pub async fn serve(
         Some(rest_listener) => {
             let rest_addr = rest_listener.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(addr = %rest_addr, "maas REST server listening");
-            let router = crate::api::rest::router_with_body_limit(Arc::clone(&manager), cfg.max_message_size_bytes);
+            let router = crate::api::rest::router_with_limits(
+                Arc::clone(&manager),
+                cfg.max_message_size_bytes,
+                max_tensor_bytes,
+            );
             let mut stop = stop_rx.clone();
             Some(tokio::spawn(async move {
                 let graceful = async move {
@@ -104,7 +117,7 @@ pub async fn serve(
                             tracing::warn!("cannot set TCP_NODELAY on a REST connection: {e}");
                         }
                     }),
-                    router,
+                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
                 )
                 .with_graceful_shutdown(graceful)
                 .await
@@ -125,6 +138,7 @@ pub async fn serve(
         })
     });
     let server = tonic::transport::Server::builder()
+        .layer(crate::logging::grpc::GrpcRequestLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -135,6 +149,7 @@ pub async fn serve(
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, finishing in-flight requests");
             set_health(&drain_reporter, ServingStatus::NotServing).await;
+            drain_reporter.set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing).await;
             let _ = stop_tx.send(true);
             let _ = drain_tx.send(());
         });

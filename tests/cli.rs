@@ -44,6 +44,10 @@ fn help_documents_every_flag() {
         "--enable-model-warmup",
         "--allow-version-labels-for-unavailable-models",
         "--reload-config-timeout-seconds",
+        "--log-format",
+        "--access-log",
+        "--model-cache-dir",
+        "--object-store-metadata-credentials",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

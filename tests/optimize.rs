@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use maas::proto::tensorflow::serving::{prediction_log::LogType, PredictLog, PredictionLog};
 use maas::proto::tensorflow::{DataType, TensorProto};
-use maas::repository::{config::ModelConfig, policy::VersionPolicy};
+use maas::repository::{config::ModelConfig, policy::VersionPolicy, uri::Location};
 use prost::Message;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -315,7 +315,7 @@ async fn external_data_version_is_published_atomically_into_a_polling_server() {
     // Every version served (policy all), the repository scanned every 20 ms.
     let mut cfg = maas::ServeConfig::with_source(maas::manager::ModelSource::List(vec![ModelConfig {
         name: "text".into(),
-        base_path: model.clone(),
+        base_path: Location::Local(model.clone()),
         policy: VersionPolicy::All,
         labels: Default::default(),
     }]));
@@ -441,7 +441,7 @@ async fn optimize_and_canary_example_end_to_end() {
     std::fs::copy(gen_dir.path().join("text/1/model.onnx"), model.join("1/model.onnx")).unwrap();
     let mut cfg = maas::ServeConfig::with_source(maas::manager::ModelSource::List(vec![ModelConfig {
         name: "text".into(),
-        base_path: model.clone(),
+        base_path: Location::Local(model.clone()),
         policy: VersionPolicy::Specific([1].into_iter().collect()),
         labels: [("stable".to_string(), 1)].into_iter().collect(),
     }]));

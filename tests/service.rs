@@ -149,6 +149,41 @@ async fn health_is_not_serving_until_models_are_loaded() {
     assert_eq!(err.code(), Code::NotFound);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_is_serving_while_loading_and_not_serving_once_shutdown_begins() {
+    // The Kubernetes liveness probe asks for the service "liveness": SERVING while the process
+    // runs, even before the models are loaded (a large model must not get the pod restarted).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("slow")).unwrap();
+    copy_dir(&fixtures().join("slow/1"), &dir.path().join("slow/1"));
+    let mut cfg = test_config(dir.path());
+    cfg.manager.runtime.pool_size = 2;
+    let mut server = TestServer::start(cfg).await;
+    let live = server.health(maas::server::LIVENESS_SERVICE).await;
+    let ready = server.health("").await;
+    assert_eq!(live, ServingStatus::Serving, "liveness is SERVING while the models load");
+    // Asked after liveness: readiness still NOT_SERVING proves both held at the same time.
+    assert_eq!(ready, ServingStatus::NotServing, "the slow model takes about a second to load");
+    server.wait_serving().await;
+    assert_eq!(server.health("liveness").await, ServingStatus::Serving);
+
+    let mut h = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let mut live_watch =
+        h.watch(tonic_health::pb::HealthCheckRequest { service: "liveness".into() }).await.unwrap().into_inner();
+    let mut ready_watch =
+        h.watch(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(live_watch.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
+    assert_eq!(ready_watch.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
+    server.trigger_shutdown();
+    let secs = std::time::Duration::from_secs(10);
+    let live = tokio::time::timeout(secs, live_watch.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(live.status(), ServingStatus::NotServing, "liveness goes NOT_SERVING once shutdown begins");
+    let ready = tokio::time::timeout(secs, ready_watch.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(ready.status(), ServingStatus::NotServing);
+    drop((live_watch, ready_watch));
+    server.join().await.expect("serve returns Ok after the drain");
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

@@ -9,7 +9,7 @@ use crate::proto::inference::{
     self as pb, grpc_inference_service_server::GrpcInferenceService, infer_parameter::ParameterChoice,
     model_infer_response::InferOutputTensor, model_metadata_response::TensorMetadata,
 };
-use crate::tensor::{InferRequest, TensorSpec};
+use crate::tensor::{Budget, InferRequest, TensorSpec};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +26,20 @@ pub const BINARY_OUTPUT_PARAM: &str = "binary_data_output";
 pub struct KServeGrpc {
     manager: Arc<ModelManager>,
     load_timeout: Duration,
+    /// `--max-tensor-bytes`: the decoded inputs of one request, all together.
+    max_tensor_bytes: usize,
 }
 
 impl KServeGrpc {
     pub fn new(manager: Arc<ModelManager>, load_timeout: Duration) -> KServeGrpc {
-        KServeGrpc { manager, load_timeout }
+        let max_tensor_bytes = crate::runtime::RuntimeConfig::default().max_tensor_bytes;
+        KServeGrpc { manager, load_timeout, max_tensor_bytes }
+    }
+
+    /// Bounds the decoded inputs of one request (all together) to `bytes`.
+    pub fn with_max_tensor_bytes(mut self, bytes: usize) -> KServeGrpc {
+        self.max_tensor_bytes = bytes;
+        self
     }
 }
 
@@ -129,6 +138,7 @@ impl GrpcInferenceService for KServeGrpc {
         }
         let mut raws = r.raw_input_contents.into_iter();
         let mut inputs = Vec::with_capacity(r.inputs.len());
+        let mut budget = Budget::new(self.max_tensor_bytes);
         for input in r.inputs {
             let dtype = v2_tensor::parse_datatype(&ctx, &input.name, &input.datatype)?;
             let tensor = match (use_raw, input.contents) {
@@ -141,10 +151,11 @@ impl GrpcInferenceService for KServeGrpc {
                 }
                 (true, None) => {
                     let raw = raws.next().unwrap_or_default();
-                    v2_tensor::decode_raw(&ctx, &input.name, dtype, input.shape, raw)?
+                    v2_tensor::decode_raw(&ctx, &input.name, dtype, input.shape, raw, &mut budget)?
                 }
                 (false, contents) => {
-                    v2_tensor::decode_typed(&ctx, &input.name, dtype, input.shape, contents.unwrap_or_default())?
+                    let contents = contents.unwrap_or_default();
+                    v2_tensor::decode_typed(&ctx, &input.name, dtype, input.shape, contents, &mut budget)?
                 }
             };
             inputs.push((input.name, tensor));

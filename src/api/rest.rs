@@ -8,7 +8,16 @@
 mod json;
 mod maas;
 mod tf;
+mod tf_json;
 mod v2;
+
+/// The REST body decoders on their own, without HTTP or a loaded model (what the handlers run; for
+/// tests and tools).
+pub mod decoders {
+    pub use super::json::parse;
+    pub use super::tf_json::{decode_inputs as tf_inputs, Model};
+    pub use super::v2::decode_inputs as v2_inputs;
+}
 
 use crate::error::Error;
 use crate::manager::ModelManager;
@@ -32,6 +41,17 @@ pub fn router(manager: Arc<ModelManager>) -> Router {
 
 /// Every REST route; request bodies larger than `max_body_bytes` are refused with 413.
 pub fn router_with_body_limit(manager: Arc<ModelManager>, max_body_bytes: usize) -> Router {
+    router_with_limits(manager, max_body_bytes, max_body_bytes)
+}
+
+/// `--max-tensor-bytes` as the REST handlers see it: what one request's parsed JSON, and its
+/// decoded inputs all together, may take.
+#[derive(Debug, Clone, Copy)]
+struct TensorLimit(usize);
+
+/// Every REST route; request bodies larger than `max_body_bytes` are refused with 413, and so are
+/// requests whose parsed JSON or decoded inputs would take more than `max_tensor_bytes`.
+pub fn router_with_limits(manager: Arc<ModelManager>, max_body_bytes: usize, max_tensor_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -41,6 +61,8 @@ pub fn router_with_body_limit(manager: Arc<ModelManager>, max_body_bytes: usize)
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::Extension(TensorLimit(max_tensor_bytes)))
+        .layer(axum::middleware::from_fn(crate::logging::rest::rest_request_middleware))
         .with_state(manager)
 }
 

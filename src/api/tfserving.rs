@@ -9,7 +9,7 @@ use crate::proto::tensorflow::serving::{
 use crate::proto::tensorflow::{tensor_info, SignatureDef, TensorInfo, TensorShapeProto};
 use crate::repository::config as model_config;
 use crate::runtime::Servable;
-use crate::tensor::{InferRequest, TensorSpec};
+use crate::tensor::{Budget, InferRequest, TensorSpec};
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,11 +26,20 @@ pub struct TfServing {
     manager: Arc<ModelManager>,
     tensor_content_output: bool,
     reload_timeout: Duration,
+    /// `--max-tensor-bytes`: the decoded inputs of one request, all together.
+    max_tensor_bytes: usize,
 }
 
 impl TfServing {
     pub fn new(manager: Arc<ModelManager>, tensor_content_output: bool, reload_timeout: Duration) -> TfServing {
-        TfServing { manager, tensor_content_output, reload_timeout }
+        let max_tensor_bytes = crate::runtime::RuntimeConfig::default().max_tensor_bytes;
+        TfServing { manager, tensor_content_output, reload_timeout, max_tensor_bytes }
+    }
+
+    /// Bounds the decoded inputs of one request (all together) to `bytes`.
+    pub fn with_max_tensor_bytes(mut self, bytes: usize) -> TfServing {
+        self.max_tensor_bytes = bytes;
+        self
     }
 
     /// Resolves a ModelSpec to a servable, checking the signature name.
@@ -55,11 +64,12 @@ impl TfServing {
 }
 
 /// Decodes a Predict request's inputs and output filter into the core request: what Predict runs,
-/// and what a recorded warmup request replays. `ctx` names the model and version for messages.
-pub(crate) fn decode_request(ctx: &str, req: tfs::PredictRequest) -> Result<InferRequest, Error> {
+/// and what a recorded warmup request replays. `ctx` names the model and version for messages;
+/// every input is charged to `budget` before it is allocated.
+pub(crate) fn decode_request(ctx: &str, req: tfs::PredictRequest, budget: &mut Budget) -> Result<InferRequest, Error> {
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for (name, t) in req.inputs {
-        let tensor = tf_tensor::decode(ctx, &name, t)?;
+        let tensor = tf_tensor::decode(ctx, &name, t, budget)?;
         inputs.push((name, tensor));
     }
     let mut outputs = req.output_filter;
@@ -123,7 +133,7 @@ impl PredictionService for TfServing {
         let req = request.into_inner();
         let servable = self.resolve(req.model_spec.as_ref())?;
         let ctx = format!("model '{}' version {}", servable.model, servable.version);
-        let request = decode_request(&ctx, req)?;
+        let request = decode_request(&ctx, req, &mut Budget::new(self.max_tensor_bytes))?;
         let response = servable.infer_before(request, deadline).await?;
         let outputs: HashMap<String, _> = response
             .outputs

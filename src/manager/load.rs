@@ -3,6 +3,7 @@
 use super::warmup::{self, WarmupOutcome};
 use super::{LoadReport, ModelManager, ModelSource, VersionState};
 use crate::error::Error;
+use crate::repository::uri::Location;
 use crate::repository::Fingerprint;
 use crate::runtime::{LoadError, Servable};
 use std::path::PathBuf;
@@ -31,7 +32,7 @@ impl ModelManager {
             let started = Instant::now();
             let result = Servable::load(env, &m, version, &file, &cfg.runtime).and_then(|s| {
                 // Before the version is published: requests never wait for this.
-                let outcome = warmup::run(&s, cfg.enable_warmup, cfg.warmup_iterations)?;
+                let outcome = warmup::run(&s, cfg.enable_warmup, cfg.warmup_iterations, cfg.runtime.max_tensor_bytes)?;
                 Ok((s, outcome))
             });
             let _ = tx.send((result, started.elapsed()));
@@ -128,13 +129,19 @@ impl ModelManager {
         {
             let mut state = self.lock();
             let known = match &state.source {
-                ModelSource::Repository(root) => root.join(name).is_dir(),
+                ModelSource::Repository(Location::Local(root)) => root.join(name).is_dir(),
+                ModelSource::Repository(Location::Remote(root)) => {
+                    self.remote.models(root).is_ok_and(|m| m.iter().any(|m| m == name))
+                }
                 ModelSource::List(list) => list.iter().any(|m| m.name == name),
             };
             if !known {
                 return Err(Error::NotFound(match &state.source {
-                    ModelSource::Repository(root) => {
+                    ModelSource::Repository(Location::Local(root)) => {
                         format!("cannot load model '{name}': there is no directory {}", root.join(name).display())
+                    }
+                    ModelSource::Repository(Location::Remote(root)) => {
+                        format!("cannot load model '{name}': the last listings of {root} have no model {name}")
                     }
                     ModelSource::List(_) => format!("cannot load model '{name}': it is not in the model config"),
                 }));

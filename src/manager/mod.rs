@@ -25,6 +25,9 @@ pub use table::{ServingTable, VersionSelector};
 pub use warmup::WarmupOutcome;
 
 use crate::repository::config::ModelConfig;
+use crate::repository::object_store::ObjectStoreConfig;
+use crate::repository::remote::Remote;
+use crate::repository::uri::Location;
 use crate::repository::Fingerprint;
 use crate::runtime::{BatchingConfig, RuntimeConfig, Servable};
 use arc_swap::ArcSwap;
@@ -91,6 +94,8 @@ pub struct VersionDetails {
     pub status: VersionStatus,
     /// How the served files were loaded (None before a load succeeded).
     pub loaded: Option<LoadReport>,
+    /// The directory the served files were loaded from (for an object-store model, its local copy).
+    pub dir: Option<PathBuf>,
     /// The last failed load, if the version failed, or if changed files failed while the earlier
     /// ones keep serving.
     pub load_error: Option<String>,
@@ -100,8 +105,8 @@ pub struct VersionDetails {
 #[derive(Debug, Clone)]
 pub struct ModelDetails {
     pub name: String,
-    /// The model's directory (its versions are sub-directories).
-    pub base_path: PathBuf,
+    /// The model's directory when it is local (its versions are sub-directories).
+    pub local_dir: Option<PathBuf>,
     /// Why the model has nothing to load, if so.
     pub problem: Option<String>,
     pub versions: Vec<(i64, VersionDetails)>,
@@ -110,8 +115,9 @@ pub struct ModelDetails {
 /// Where the list of models comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
-    /// Every directory under this root is a model, serving its latest version.
-    Repository(PathBuf),
+    /// Every directory (or object-store prefix) under this root is a model, serving its latest
+    /// version.
+    Repository(Location),
     /// An explicit list: a config file, `--model_name`/`--model_base_path`, or a reload RPC.
     List(Vec<ModelConfig>),
 }
@@ -131,6 +137,8 @@ pub struct ManagerConfig {
     pub allow_labels_for_unavailable: bool,
     /// Repository scan period; `None` = scan once at start (and when asked to).
     pub poll_interval: Option<Duration>,
+    /// Object-store repositories: credentials, cache, listing period.
+    pub object_store: ObjectStoreConfig,
 }
 
 impl ManagerConfig {
@@ -151,6 +159,7 @@ impl Default for ManagerConfig {
             warmup_iterations: 1,
             allow_labels_for_unavailable: false,
             poll_interval: Some(Duration::from_secs(1)),
+            object_store: ObjectStoreConfig::default(),
         }
     }
 }
@@ -204,7 +213,12 @@ impl VersionRecord {
     }
 
     fn details(&self) -> VersionDetails {
-        VersionDetails { status: self.status(), loaded: self.report.clone(), load_error: self.load_error.clone() }
+        VersionDetails {
+            status: self.status(),
+            loaded: self.report.clone(),
+            dir: self.servable.as_ref().map(|s| s.version_dir().to_path_buf()),
+            load_error: self.load_error.clone(),
+        }
     }
 }
 
@@ -239,7 +253,9 @@ pub struct ModelManager {
     table: ArcSwap<ServingTable>,
     state: Mutex<State>,
     load_slots: Arc<Semaphore>,
-    wake: Notify,
+    wake: Arc<Notify>,
+    /// Object-store roots: listings, downloads, the cache.
+    remote: Remote,
 }
 
 impl std::fmt::Debug for ModelManager {
@@ -250,7 +266,9 @@ impl std::fmt::Debug for ModelManager {
 
 impl ModelManager {
     pub fn new(env: &'static Environment, cfg: ManagerConfig, source: ModelSource) -> ModelManager {
+        let wake = Arc::new(Notify::new());
         ModelManager {
+            remote: Remote::new(cfg.object_store.clone(), Arc::clone(&wake)),
             env,
             load_slots: Arc::new(Semaphore::new(cfg.num_load_threads.max(1))),
             cfg,
@@ -262,7 +280,7 @@ impl ModelManager {
                 excluded: BTreeSet::new(),
                 initial_done: false,
             }),
-            wake: Notify::new(),
+            wake,
         }
     }
 

@@ -94,6 +94,7 @@ impl ModelManager {
 
     /// The servable a request asks for.
     pub fn resolve(&self, model: &str, selector: &VersionSelector) -> Result<Arc<Servable>, Error> {
+        crate::logging::note_model(model);
         let table = self.table.load();
         let Some(m) = table.models.get(model) else {
             let mut known: Vec<&str> = table.models.keys().map(String::as_str).collect();
@@ -159,6 +160,7 @@ impl ModelManager {
 
     /// Status of a model's versions (one version if given), as GetModelStatus reports it.
     pub fn status(&self, model: &str, version: Option<i64>) -> Result<Vec<(i64, VersionStatus)>, Error> {
+        crate::logging::note_model(model);
         let state = self.lock();
         let Some(rec) = state.models.get(model) else {
             let known: Vec<&str> = state.models.keys().map(String::as_str).collect();
@@ -190,7 +192,10 @@ impl ModelManager {
         };
         Ok(ModelDetails {
             name: model.to_string(),
-            base_path: rec.config.base_path.clone(),
+            local_dir: match &rec.config.base_path {
+                crate::repository::uri::Location::Local(p) => Some(p.clone()),
+                crate::repository::uri::Location::Remote(_) => None,
+            },
             problem: rec.problem.clone(),
             versions: rec.versions.iter().map(|(v, r)| (*v, r.details())).collect(),
         })

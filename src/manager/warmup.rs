@@ -6,8 +6,8 @@
 //!   file of `tensorflow.serving.PredictionLog` records. Each `predict_log` request is decoded like a
 //!   TF Predict request (its model_spec is ignored) and run `iterations` times on every session. A
 //!   record that cannot be read, is of another kind, or fails fails the load, naming the record.
-//! - **Synthesized**, without such a file: inputs made from the signature (see [`synthesized_shape`]),
-//!   best effort. The model may need real values (a shape input of an `Expand`, split sizes), so a
+//! - **Synthesized**, without such a file: inputs made from the signature (see [`synthesized_shape`];
+//!   with TensorRT and a profile in `maas.pbtxt`, the profile's opt and then max shapes), best effort. The model may need real values (a shape input of an `Expand`, split sizes), so a
 //!   failure leaves the version serving and is reported as skipped.
 use super::tfrecord::{self, RecordError};
 use crate::api::tfserving::decode_request;
@@ -54,7 +54,12 @@ impl std::fmt::Display for WarmupOutcome {
 
 /// Warms up every session of `servable`: the recorded requests if the version has a warmup file,
 /// otherwise synthesized inputs. Blocking; call it on the loader thread before publishing.
-pub fn run(servable: &Servable, enabled: bool, iterations: u32) -> Result<WarmupOutcome, LoadError> {
+pub fn run(
+    servable: &Servable,
+    enabled: bool,
+    iterations: u32,
+    max_tensor_bytes: usize,
+) -> Result<WarmupOutcome, LoadError> {
     if !enabled {
         return Ok(WarmupOutcome::Disabled);
     }
@@ -62,7 +67,7 @@ pub fn run(servable: &Servable, enabled: bool, iterations: u32) -> Result<Warmup
     if file.is_file() {
         // As in TF Serving, 0 iterations means the default, 1.
         let iterations = iterations.max(1);
-        let records = replay(servable, &file, iterations)?;
+        let records = replay(servable, &file, iterations, max_tensor_bytes)?;
         return Ok(WarmupOutcome::Recorded { records, iterations });
     }
     match synthesized(servable) {
@@ -80,7 +85,7 @@ pub fn run(servable: &Servable, enabled: bool, iterations: u32) -> Result<Warmup
 }
 
 /// Replays the records of `file` on every session; returns the number of records.
-fn replay(servable: &Servable, file: &Path, iterations: u32) -> Result<usize, LoadError> {
+fn replay(servable: &Servable, file: &Path, iterations: u32, max_tensor_bytes: usize) -> Result<usize, LoadError> {
     let bytes = std::fs::read(file).map_err(|e| {
         LoadError::new(Code::FailedPrecondition, format!("cannot read the warmup file {}: {e}", file.display()))
     })?;
@@ -101,7 +106,9 @@ fn replay(servable: &Servable, file: &Path, iterations: u32) -> Result<usize, Lo
         let n = i + 1;
         let failed = |code: Code, m: String| LoadError::new(code, format!("warmup record {n}: {m}"));
         let request = recorded_request(&ctx, data.clone()).map_err(|m| failed(Code::InvalidArgument, m))?;
-        let request = decode_request(&ctx, request).map_err(|e| failed(e.code(), e.to_string()))?;
+        // Bounded like a request, by --max-tensor-bytes.
+        let budget = &mut crate::tensor::Budget::new(max_tensor_bytes);
+        let request = decode_request(&ctx, request, budget).map_err(|e| failed(e.code(), e.to_string()))?;
         servable.validate(&request).map_err(|e| failed(e.code(), e.to_string()))?;
         for session in 0..servable.pool_size() {
             for _ in 0..iterations {
@@ -148,22 +155,50 @@ pub fn synthesized_shape(spec: &TensorSpec) -> Vec<i64> {
     spec.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect()
 }
 
-/// Runs every session once on zeros (empty strings) of the synthesized shapes; the error says why not.
-fn synthesized(servable: &Servable) -> Result<(), String> {
-    let mut inputs = Vec::with_capacity(servable.signature.inputs.len());
-    for spec in &servable.signature.inputs {
-        let shape = synthesized_shape(spec);
-        let n = crate::tensor::element_count(&shape).map_err(|e| format!("input '{}': {e}", spec.name))?;
-        let data = match spec.dtype.size() {
-            Some(size) => TensorData::Raw(Bytes::from(vec![0u8; n.saturating_mul(size)])),
-            None => TensorData::Strings(vec![Bytes::new(); n]),
-        };
-        let t = Tensor::new(spec.dtype, shape, data).map_err(|e| format!("input '{}': {e}", spec.name))?;
-        inputs.push((spec.name.clone(), t));
+/// The input shapes of each synthesized round, in signature order: with TensorRT and a profile in
+/// `maas.pbtxt`, the profile's opt and then max shapes (what TensorRT builds for); otherwise one round
+/// of [`synthesized_shape`]s.
+fn synthesized_rounds(servable: &Servable) -> Result<Vec<Vec<Vec<i64>>>, String> {
+    match servable.tensorrt_warmup_shapes() {
+        Some(rounds) => Ok(rounds
+            .map_err(|e| format!("the TensorRT profile in maas.pbtxt does not fit the model: {e}"))?
+            .into_iter()
+            .map(|round| round.into_iter().map(|(_, dims)| dims).collect())
+            .collect()),
+        None => Ok(vec![servable.signature.inputs.iter().map(synthesized_shape).collect()]),
     }
-    let req = InferRequest { inputs, outputs: Vec::new() };
-    for session in 0..servable.pool_size() {
-        servable.warm_session(session, &req, false).map_err(|e| e.to_string())?;
+}
+
+/// Runs every session once per round on zeros (empty strings) of the synthesized shapes; the error says
+/// why not.
+fn synthesized(servable: &Servable) -> Result<(), String> {
+    for shapes in synthesized_rounds(servable)? {
+        let mut inputs = Vec::with_capacity(servable.signature.inputs.len());
+        for (spec, shape) in servable.signature.inputs.iter().zip(shapes) {
+            let n = crate::tensor::element_count(&shape).map_err(|e| format!("input '{}': {e}", spec.name))?;
+            // Profile shapes come from maas.pbtxt: allocate fallibly, never abort on a huge one.
+            let too_big = |e| format!("input '{}' of shape {shape:?} cannot be allocated: {e}", spec.name);
+            let data = match spec.dtype.size() {
+                Some(size) => {
+                    let mut zeros = Vec::new();
+                    zeros.try_reserve_exact(n.saturating_mul(size)).map_err(too_big)?;
+                    zeros.resize(n.saturating_mul(size), 0u8);
+                    TensorData::Raw(Bytes::from(zeros))
+                }
+                None => {
+                    let mut empty = Vec::new();
+                    empty.try_reserve_exact(n).map_err(too_big)?;
+                    empty.resize(n, Bytes::new());
+                    TensorData::Strings(empty)
+                }
+            };
+            let t = Tensor::new(spec.dtype, shape, data).map_err(|e| format!("input '{}': {e}", spec.name))?;
+            inputs.push((spec.name.clone(), t));
+        }
+        let req = InferRequest { inputs, outputs: Vec::new() };
+        for session in 0..servable.pool_size() {
+            servable.warm_session(session, &req, false).map_err(|e| e.to_string())?;
+        }
     }
     Ok(())
 }

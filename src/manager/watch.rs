@@ -3,34 +3,49 @@
 use super::{ModelManager, ModelRecord, ModelSource, State, VersionRecord, VersionState};
 use crate::repository::config::ModelConfig;
 use crate::repository::policy::VersionPolicy;
+use crate::repository::remote::Kind;
+use crate::repository::uri::{Location, RemoteUri};
 use crate::repository::{self, Fingerprint, ModelDir};
 use crate::runtime::Servable;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tonic::Code;
 
-/// One model's view of the file system from a scan.
+/// One model's view of the repository from a scan.
 struct ScannedModel {
     config: ModelConfig,
     versions: Result<BTreeMap<i64, (PathBuf, Option<Fingerprint>)>, String>,
+    /// Stability was decided by two agreeing object-store listings (no time window on top).
+    listed: bool,
 }
 
 impl ModelManager {
-    /// The initial pass: two scans one stability window apart, then waits for the loads they
-    /// started. A model that fails does not hold the others back.
+    /// The initial pass: two scans one stability window apart (each listing object stores), then
+    /// waits for the downloads and loads they started. A model that fails does not hold the
+    /// others back.
     pub async fn initial_load(self: &Arc<Self>) {
-        let _ = self.scan();
+        let _ = self.scan(true).await;
         tokio::time::sleep(self.cfg.stability_window()).await;
-        for h in self.scan() {
+        let mut handles = self.scan(true).await;
+        // Object-store versions load once their download into the cache ends.
+        if self.remote.downloading() {
+            while self.remote.downloading() {
+                self.wake.notified().await;
+                handles.extend(self.scan(false).await);
+            }
+            handles.extend(self.scan(false).await);
+        }
+        for h in handles {
             let _ = h.await;
         }
         self.lock().initial_done = true;
     }
 
-    /// Scans every poll interval (or when woken) until the task is dropped.
+    /// Scans every poll interval (or when woken) until the task is dropped. Object stores are
+    /// listed at their own period (see [`Remote::refresh`](crate::repository::remote::Remote::refresh)).
     pub async fn watch(self: Arc<Self>) {
         loop {
             match self.cfg.poll_interval {
@@ -42,36 +57,20 @@ impl ModelManager {
                 }
                 None => self.wake.notified().await,
             }
-            let _ = self.scan();
+            let _ = self.scan(false).await;
         }
     }
 
-    /// Reads the file system (no locks held), then reconciles: starts loads and retires versions.
-    /// Returns the loads it started.
-    pub fn scan(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
-        let source = self.lock().source.clone();
-        let configs = match &source {
-            ModelSource::List(list) => list.clone(),
-            ModelSource::Repository(root) => match repository::list_models(root) {
-                Ok(dirs) => dirs
-                    .into_iter()
-                    .map(|d| ModelConfig {
-                        name: d.name,
-                        base_path: d.path,
-                        policy: VersionPolicy::default(),
-                        labels: BTreeMap::new(),
-                    })
-                    .collect(),
-                Err(e) => {
-                    // Keep serving what is loaded: a storage hiccup must not unload everything.
-                    tracing::error!(repository = %root.display(), "cannot read the model repository: {e}");
-                    return Vec::new();
-                }
-            },
+    /// Reads the repository (no locks held), then reconciles: starts loads and retires versions.
+    /// `list`: list object stores now rather than when due. Returns the loads it started.
+    pub async fn scan(self: &Arc<Self>, list: bool) -> Vec<JoinHandle<()>> {
+        let (source, excluded, in_use) = {
+            let state = self.lock();
+            (state.source.clone(), state.excluded.clone(), in_use(&state))
         };
-        let excluded = self.lock().excluded.clone();
-        let scanned: Vec<ScannedModel> =
-            configs.into_iter().filter(|c| !excluded.contains(&c.name)).map(scan_model).collect();
+        let Some(scanned) = self.read(&source, &excluded, &in_use, list).await else {
+            return Vec::new();
+        };
         let mut state = self.lock();
         if state.excluded != excluded {
             return Vec::new();
@@ -83,6 +82,90 @@ impl ModelManager {
         let handles = self.reconcile(&mut state, scanned);
         self.publish(&state);
         handles
+    }
+
+    /// What the source holds now. None: the repository could not be read (nothing changes).
+    async fn read(
+        &self,
+        source: &ModelSource,
+        excluded: &BTreeSet<String>,
+        in_use: &BTreeMap<String, BTreeSet<i64>>,
+        list: bool,
+    ) -> Option<Vec<ScannedModel>> {
+        let none = BTreeSet::new();
+        match source {
+            ModelSource::Repository(Location::Local(root)) => match repository::list_models(root) {
+                Ok(dirs) => Some(
+                    dirs.into_iter()
+                        .filter(|d| !excluded.contains(&d.name))
+                        .map(|d| {
+                            scan_model(ModelConfig {
+                                name: d.name,
+                                base_path: Location::Local(d.path),
+                                policy: VersionPolicy::default(),
+                                labels: BTreeMap::new(),
+                            })
+                        })
+                        .collect(),
+                ),
+                Err(e) => {
+                    // Keep serving what is loaded: a storage hiccup must not unload everything.
+                    tracing::error!(repository = %root.display(), "cannot read the model repository: {e}");
+                    None
+                }
+            },
+            ModelSource::Repository(Location::Remote(root)) => {
+                self.remote.retain(&[root.clone()].into());
+                let listed = self.remote.refresh(root, Kind::Repository, list).await;
+                // Before the first successful listing there is nothing to reconcile (it logged why).
+                let names = self.remote.models(root).ok()?;
+                let scanned = names
+                    .into_iter()
+                    .filter(|n| !excluded.contains(n))
+                    .map(|name| {
+                        let policy = VersionPolicy::default();
+                        let used = in_use.get(&name).unwrap_or(&none);
+                        let versions = self.remote.versions(root, &name, &policy, used);
+                        let base_path = Location::Remote(root.join(&name));
+                        ScannedModel {
+                            config: ModelConfig { name, base_path, policy, labels: BTreeMap::new() },
+                            versions,
+                            listed: true,
+                        }
+                    })
+                    .collect();
+                if listed {
+                    self.remote.clean(root, in_use);
+                }
+                Some(scanned)
+            }
+            ModelSource::List(list_) => {
+                let roots: BTreeSet<RemoteUri> = list_
+                    .iter()
+                    .filter_map(|c| match &c.base_path {
+                        Location::Remote(u) => Some(u.clone()),
+                        Location::Local(_) => None,
+                    })
+                    .collect();
+                self.remote.retain(&roots);
+                let mut scanned = Vec::new();
+                for config in list_.iter().filter(|c| !excluded.contains(&c.name)).cloned() {
+                    let Location::Remote(base) = &config.base_path else {
+                        scanned.push(scan_model(config));
+                        continue;
+                    };
+                    let base = base.clone();
+                    let listed = self.remote.refresh(&base, Kind::Model, list).await;
+                    let used = in_use.get(&config.name).unwrap_or(&none);
+                    let versions = self.remote.versions(&base, "", &config.policy, used);
+                    if listed {
+                        self.remote.clean(&base, in_use);
+                    }
+                    scanned.push(ScannedModel { config, versions, listed: true });
+                }
+                Some(scanned)
+            }
+        }
     }
 
     fn reconcile(self: &Arc<Self>, state: &mut State, scanned: Vec<ScannedModel>) -> Vec<JoinHandle<()>> {
@@ -105,7 +188,7 @@ impl ModelManager {
         }
 
         let mut still_present = std::collections::HashSet::new();
-        for ScannedModel { config, versions } in scanned {
+        for ScannedModel { config, versions, listed } in scanned {
             let name = config.name.clone();
             let rec = state.models.entry(name.clone()).or_insert_with(|| ModelRecord {
                 config: config.clone(),
@@ -133,8 +216,8 @@ impl ModelManager {
             rec.problem = on_disk.is_empty().then(|| {
                 format!(
                     "no versions found under {}: expected {}/<version>/{}",
-                    rec.config.base_path.display(),
-                    rec.config.base_path.display(),
+                    rec.config.base_path,
+                    rec.config.base_path,
                     repository::MODEL_FILE
                 )
             });
@@ -143,19 +226,25 @@ impl ModelManager {
             let mut stable: BTreeMap<i64, Fingerprint> = BTreeMap::new();
             let mut unstable = false;
             for (v, (path, fp)) in &on_disk {
-                still_present.insert(path.clone());
+                if !listed {
+                    still_present.insert(path.clone());
+                }
                 let Some(fp) = fp else {
                     unstable = true;
                     continue;
                 };
-                let since = match state.seen.get(path) {
-                    Some((old, since)) if old == fp => *since,
-                    _ => {
-                        state.seen.insert(path.clone(), (fp.clone(), now));
-                        now
-                    }
+                // Object-store versions are stable once two listings agree (and downloaded).
+                let settled = listed || {
+                    let since = match state.seen.get(path) {
+                        Some((old, since)) if old == fp => *since,
+                        _ => {
+                            state.seen.insert(path.clone(), (fp.clone(), now));
+                            now
+                        }
+                    };
+                    now.duration_since(since) >= window
                 };
-                if now.duration_since(since) >= window && fp.has_model() {
+                if settled && fp.has_model() {
                     stable.insert(*v, fp.clone());
                 } else {
                     unstable = true;
@@ -312,13 +401,26 @@ impl ModelManager {
     }
 }
 
-/// Lists a model's versions and fingerprints them (file system only, no locks).
+/// Lists a local model's versions and fingerprints them (file system only, no locks).
 fn scan_model(config: ModelConfig) -> ScannedModel {
-    let dir = ModelDir { name: config.name.clone(), path: config.base_path.clone() };
+    let path = config.base_path.local().map(Path::to_path_buf).unwrap_or_default();
+    let dir = ModelDir { name: config.name.clone(), path };
     let versions = repository::list_versions(&dir)
         .map(|vs| {
             vs.into_iter().map(|v| (v.version, (v.path.clone(), repository::fingerprint(&v.path).ok()))).collect()
         })
-        .map_err(|e| format!("cannot read model directory {}: {e}", config.base_path.display()));
-    ScannedModel { config, versions }
+        .map_err(|e| format!("cannot read model directory {}: {e}", config.base_path));
+    ScannedModel { config, versions, listed: false }
+}
+
+/// Per model, the versions loaded or loading (the cache must keep them).
+fn in_use(state: &State) -> BTreeMap<String, BTreeSet<i64>> {
+    state
+        .models
+        .iter()
+        .map(|(name, rec)| {
+            let used = rec.versions.iter().filter(|(_, v)| v.servable.is_some() || v.loading).map(|(v, _)| *v);
+            (name.clone(), used.collect())
+        })
+        .collect()
 }

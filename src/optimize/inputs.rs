@@ -113,7 +113,9 @@ pub fn read_recorded(file: &Path, max: usize) -> Result<Samples, String> {
     for (i, data) in records.into_iter().take(max).enumerate() {
         let req = crate::manager::warmup::recorded_request(&ctx, data)
             .map_err(|e| format!("{} record {}: {e}", file.display(), i + 1))?;
-        let req = crate::api::tfserving::decode_request(&ctx, req)
+        // Bounded like a request to a server with the default --max-tensor-bytes (1 GiB).
+        let budget = &mut crate::tensor::Budget::new(1 << 30);
+        let req = crate::api::tfserving::decode_request(&ctx, req, budget)
             .map_err(|e| format!("{} record {}: {e}", file.display(), i + 1))?;
         feeds.push(req.inputs);
     }

@@ -5,12 +5,13 @@
 //! problem rejects the entire config with one message naming it (line and column for syntax errors, the
 //! model for semantic ones). Only `model_config_list` is supported, and every model must be ONNX.
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use prost_reflect::{DescriptorPool, DynamicMessage};
 
 use super::policy::VersionPolicy;
+use super::uri::Location;
 use crate::proto::tensorflow::serving as pb;
 use pb::file_system_storage_path_source_config::servable_version_policy::PolicyChoice;
 use pb::model_server_config::Config;
@@ -26,9 +27,9 @@ pub const ONNX_PLATFORM: &str = "onnx";
 pub struct ModelConfig {
     /// Model name, unique within the config.
     pub name: String,
-    /// Directory holding the numbered version directories (absolute, or resolved against the config's
-    /// directory).
-    pub base_path: PathBuf,
+    /// Directory (absolute, or resolved against the config's directory) or object-store prefix
+    /// holding the numbered version directories.
+    pub base_path: Location,
     /// Which versions to serve (`latest { num_versions: 0 }` is normalised to `Latest(1)`).
     pub policy: VersionPolicy,
     /// Version labels (`version_labels`): label -> version.
@@ -172,21 +173,19 @@ fn validate_model(model: pb::ModelConfig, relative_to: Option<&Path>) -> Result<
     Ok(ModelConfig { name, base_path, policy, labels })
 }
 
-fn resolve_base_path(name: &str, base_path: &str, relative_to: Option<&Path>) -> Result<PathBuf, String> {
+fn resolve_base_path(name: &str, base_path: &str, relative_to: Option<&Path>) -> Result<Location, String> {
     if base_path.is_empty() {
         return Err(format!("model '{name}' has no base_path"));
     }
-    if base_path.contains("://") {
-        return Err(format!(
-            "base_path '{base_path}' of model '{name}' is a URI; maas serves models from local directories only"
-        ));
-    }
-    let path = Path::new(base_path);
+    let path = match Location::parse(base_path).map_err(|e| format!("base_path of model '{name}': {e}"))? {
+        Location::Local(path) => path,
+        remote => return Ok(remote),
+    };
     if path.is_absolute() {
-        return Ok(path.to_path_buf());
+        return Ok(Location::Local(path));
     }
     match relative_to {
-        Some(dir) => Ok(dir.join(path)),
+        Some(dir) => Ok(Location::Local(dir.join(path))),
         None => Err(format!(
             "base_path '{base_path}' of model '{name}' is relative; \
              a config sent over gRPC must use absolute paths, as in TF Serving"
@@ -219,6 +218,7 @@ fn version_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     /// TF Serving's documented example, adapted to model_platform "onnx".
     const TF_SERVING_EXAMPLE: &str = r#"
@@ -287,13 +287,13 @@ model_config_list {
             vec![
                 ModelConfig {
                     name: "resnet".into(),
-                    base_path: PathBuf::from("/models/resnet"),
+                    base_path: Location::from(PathBuf::from("/models/resnet")),
                     policy: VersionPolicy::Specific([42, 43].into_iter().collect()),
                     labels: [("canary".to_string(), 43), ("stable".to_string(), 42)].into_iter().collect(),
                 },
                 ModelConfig {
                     name: "ranker".into(),
-                    base_path: PathBuf::from("/etc/maas/ranker"),
+                    base_path: Location::from(PathBuf::from("/etc/maas/ranker")),
                     policy: VersionPolicy::Latest(2),
                     labels: BTreeMap::new(),
                 },
@@ -304,11 +304,11 @@ model_config_list {
     #[test]
     fn relative_base_path_resolves_against_relative_to() {
         let models = parse_text(TF_SERVING_EXAMPLE, Path::new("/srv/configs")).unwrap();
-        assert_eq!(models[1].base_path, PathBuf::from("/srv/configs/ranker"));
+        assert_eq!(models[1].base_path, Location::from(PathBuf::from("/srv/configs/ranker")));
         // absolute paths are kept as they are
-        assert_eq!(models[0].base_path, PathBuf::from("/models/resnet"));
+        assert_eq!(models[0].base_path, Location::from(PathBuf::from("/models/resnet")));
         let m = one_model(r#"name: "m" base_path: "sub/dir/m""#);
-        assert_eq!(m.base_path, PathBuf::from("/etc/maas/sub/dir/m"));
+        assert_eq!(m.base_path, Location::from(PathBuf::from("/etc/maas/sub/dir/m")));
     }
 
     #[test]
@@ -526,11 +526,16 @@ model_config_list {
     }
 
     #[test]
-    fn uri_base_path_is_rejected() {
+    fn object_store_base_paths() {
+        let m = one_model(r#"name: "m" base_path: "s3://bucket/models/m""#);
+        assert_eq!(m.base_path.to_string(), "s3://bucket/models/m");
+        assert!(m.base_path.local().is_none());
+        let m = one_model(r#"name: "m" base_path: "file:///srv/m""#);
+        assert_eq!(m.base_path, Location::from(PathBuf::from("/srv/m")));
         assert_eq!(
-            parse_err(&one(r#"name: "m" base_path: "s3://bucket/m""#)),
-            "base_path 's3://bucket/m' of model 'm' is a URI; \
-             maas serves models from local directories only"
+            parse_err(&one(r#"name: "m" base_path: "hdfs://nn/m""#)),
+            "base_path of model 'm': 'hdfs://nn/m' has the unsupported scheme 'hdfs://'; maas reads s3://, gs://, \
+             az://, as://<account>/, file:// and plain paths"
         );
     }
 
@@ -631,7 +636,7 @@ model_config_list {
         let models = from_proto(pb_config(vec![pb_model("a", "/models/a"), pb_model("b", "/models/b")]), None).unwrap();
         assert_eq!(models.len(), 2);
         assert_eq!(models[0].name, "a");
-        assert_eq!(models[0].base_path, PathBuf::from("/models/a"));
+        assert_eq!(models[0].base_path, Location::from(PathBuf::from("/models/a")));
         assert_eq!(models[0].policy, VersionPolicy::Latest(1));
         assert_eq!(models[1].name, "b");
     }
@@ -648,7 +653,7 @@ model_config_list {
     #[test]
     fn from_proto_resolves_relative_path_with_relative_to() {
         let models = from_proto(pb_config(vec![pb_model("m", "models/m")]), Some(Path::new("/repo"))).unwrap();
-        assert_eq!(models[0].base_path, PathBuf::from("/repo/models/m"));
+        assert_eq!(models[0].base_path, Location::from(PathBuf::from("/repo/models/m")));
     }
 
     #[test]

@@ -1,6 +1,14 @@
-//! The model repository on disk: `<root>/<model>/<version>/model.onnx`, version a positive integer.
+//! The model repository: `<root>/<model>/<version>/model.onnx`, version a positive integer, on
+//! disk (this file: the local scanner) or in an object store (`object_store`, `listing`, `cache`,
+//! `remote`), both giving the watcher the same versions and fingerprints. KServe's bare layout, a
+//! `model.onnx` directly in the model's directory, is version 1.
+pub mod cache;
 pub mod config;
+pub mod listing;
+pub mod object_store;
 pub mod policy;
+pub mod remote;
+pub mod uri;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -51,9 +59,12 @@ pub fn parse_version(name: &str) -> Option<i64> {
     name.parse::<i64>().ok().filter(|&v| v > 0)
 }
 
-/// The version directories of a model, sorted by version. Other entries are ignored with a warning.
+/// The version directories of a model, sorted by version. Other entries are ignored with a warning,
+/// except in KServe's bare layout: no version directories and a `model.onnx` in the model's
+/// directory, which is then version 1 (the directory itself).
 pub fn list_versions(model: &ModelDir) -> std::io::Result<Vec<VersionDir>> {
     let mut versions: Vec<VersionDir> = Vec::new();
+    let mut others = Vec::new();
     for entry in std::fs::read_dir(&model.path)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -70,24 +81,48 @@ pub fn list_versions(model: &ModelDir) -> std::io::Result<Vec<VersionDir>> {
                 }
                 versions.push(VersionDir { version, path: entry.path() });
             }
-            _ => tracing::warn!(model = %model.name, entry = %entry.path().display(),
-                "ignoring entry: versions are directories named by a positive integer, e.g. {}/1/{MODEL_FILE}",
-                model.path.display()),
+            _ => others.push(entry.path()),
         }
+    }
+    if versions.is_empty() && model.path.join(MODEL_FILE).is_file() {
+        versions.push(VersionDir { version: 1, path: model.path.clone() });
+        return Ok(versions);
+    }
+    for entry in others {
+        tracing::warn!(model = %model.name, entry = %entry.display(),
+            "ignoring entry: versions are directories named by a positive integer, e.g. {}/1/{MODEL_FILE}",
+            model.path.display());
     }
     versions.sort_by_key(|v| v.version);
     Ok(versions)
 }
 
-/// What a version directory holds: every file's relative path, size and modification time. Two equal
-/// fingerprints from consecutive scans mean nobody is writing the version any more.
+/// What a version holds: every file's relative path, size and modification time (on disk) or
+/// ETag (in an object store). Two equal fingerprints from consecutive scans mean nobody is writing
+/// the version any more.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
+pub struct Fingerprint(Vec<(PathBuf, u64, Stamp)>);
+
+/// What changes when a file is rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stamp {
+    Modified(Option<SystemTime>),
+    /// An object's ETag (or its last-modified time where the store gives no ETag).
+    Tag(String),
+}
 
 impl Fingerprint {
     /// Whether the version holds its model file.
     pub fn has_model(&self) -> bool {
         self.0.iter().any(|(p, _, _)| p == Path::new(MODEL_FILE))
+    }
+
+    /// The fingerprint of listed objects: (path inside the version, size, ETag).
+    pub fn from_objects(objects: Vec<(&str, u64, String)>) -> Fingerprint {
+        let mut files: Vec<_> =
+            objects.into_iter().map(|(p, size, tag)| (PathBuf::from(p), size, Stamp::Tag(tag))).collect();
+        files.sort();
+        Fingerprint(files)
     }
 }
 
@@ -103,7 +138,7 @@ pub fn fingerprint(dir: &Path) -> std::io::Result<Fingerprint> {
                 stack.push(entry.path());
             } else {
                 let rel = entry.path().strip_prefix(dir).map(Path::to_path_buf).unwrap_or_else(|_| entry.path());
-                files.push((rel, meta.len(), meta.modified().ok()));
+                files.push((rel, meta.len(), Stamp::Modified(meta.modified().ok())));
             }
         }
     }
@@ -159,5 +194,19 @@ mod tests {
         assert_eq!(models[0].name, "m");
         let versions: Vec<i64> = list_versions(&models[0]).unwrap().iter().map(|v| v.version).collect();
         assert_eq!(versions, vec![1, 2, 10]);
+    }
+
+    #[test]
+    fn bare_model_onnx_is_version_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = ModelDir { name: "m".into(), path: dir.path().to_path_buf() };
+        std::fs::write(dir.path().join(MODEL_FILE), b"x").unwrap();
+        let versions = list_versions(&model).unwrap();
+        assert_eq!(versions, vec![VersionDir { version: 1, path: dir.path().to_path_buf() }]);
+        assert_eq!(versions[0].model_file(), dir.path().join(MODEL_FILE));
+        // Version directories win over a bare file.
+        std::fs::create_dir(dir.path().join("4")).unwrap();
+        let versions: Vec<i64> = list_versions(&model).unwrap().iter().map(|v| v.version).collect();
+        assert_eq!(versions, vec![4]);
     }
 }

@@ -3,11 +3,14 @@
 mod batching;
 mod convert;
 pub mod env;
+pub mod gpu;
 mod merge;
 mod padding;
 mod providers;
 mod servable;
 pub mod settings;
+pub mod trt_cache;
+pub mod trt_options;
 
 pub(crate) use convert::{from_output, string_tensor, to_input};
 pub use providers::{Provider, Registered};
@@ -40,6 +43,8 @@ pub struct RuntimeConfig {
     pub trt_engine_cache_dir: Option<std::path::PathBuf>,
     /// ONNX Runtime graph optimization at load (`maas.pbtxt` `graph_optimization_level`; default all).
     pub graph_optimization: GraphOptimization,
+    /// TensorRT build options (per model, from `maas.pbtxt`).
+    pub tensorrt: trt_options::TrtOptions,
 }
 
 impl RuntimeConfig {
@@ -67,6 +72,7 @@ impl Default for RuntimeConfig {
             max_tensor_bytes: 1 << 30,
             trt_engine_cache_dir: None,
             graph_optimization: GraphOptimization::All,
+            tensorrt: trt_options::TrtOptions::default(),
         }
     }
 }

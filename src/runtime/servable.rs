@@ -7,6 +7,7 @@
 use super::batching::{unbatchable, Batcher};
 use super::convert::{dtype_from_ort, from_output, to_input};
 use super::providers;
+use super::trt_options::{profile_warmup_shapes, Shapes, TrtOptions};
 use super::{settings, BatchingConfig, RuntimeConfig};
 use crate::error::Error;
 use crate::tensor::{fmt_shape, InferRequest, InferResponse, Signature, TensorSpec};
@@ -128,6 +129,8 @@ pub struct Servable {
     permits: Arc<Semaphore>,
     /// Dynamic batching, when configured and the model allows it.
     batcher: Option<Batcher>,
+    /// The model's TensorRT options, when TensorRT was registered (the warmup runs at its profile).
+    tensorrt: Option<TrtOptions>,
 }
 
 impl std::fmt::Debug for Servable {
@@ -160,8 +163,9 @@ impl Servable {
             .map_err(|e| format!("could not set the graph optimization level: {e}"))?
             .with_log_id(format!("{model}:{version}"))
             .map_err(|e| format!("could not set the log id: {e}"))?;
+        let target = providers::Target { model, version, dir: path.parent().unwrap_or(Path::new(".")) };
         let (mut builder, providers) =
-            providers::register(builder, cfg).map_err(|m| LoadError::new(Code::FailedPrecondition, m))?;
+            providers::register(builder, cfg, &target).map_err(|m| LoadError::new(Code::FailedPrecondition, m))?;
         let pool_size = cfg.sessions();
         let mut sessions = Vec::with_capacity(pool_size);
         for _ in 0..pool_size {
@@ -191,6 +195,7 @@ impl Servable {
                 }
             }
         };
+        let tensorrt = providers.has(providers::Provider::TensorRt).then(|| cfg.tensorrt.clone());
         tracing::info!(model, version, path = %path.display(), sessions = pool_size, providers = %providers, "loaded model version");
         Ok(Servable {
             batcher,
@@ -199,6 +204,7 @@ impl Servable {
             path: path.to_path_buf(),
             signature,
             providers,
+            tensorrt,
             stats: Stats::default(),
             in_flight: AtomicUsize::new(0),
             max_in_flight: cfg.max_in_flight,
@@ -230,6 +236,12 @@ impl Servable {
     }
 
     /// The version's directory (where `model.onnx` and `assets.extra/` are).
+    /// With TensorRT and a profile in `maas.pbtxt`: the input shapes of each synthesized warmup round
+    /// (opt, then max), or why the profile does not fit the model. None otherwise.
+    pub fn tensorrt_warmup_shapes(&self) -> Option<Result<Vec<Shapes>, String>> {
+        self.tensorrt.as_ref().and_then(|o| profile_warmup_shapes(o, &self.signature))
+    }
+
     pub fn version_dir(&self) -> &Path {
         self.path.parent().unwrap_or(&self.path)
     }
@@ -319,6 +331,11 @@ impl Servable {
         deadline: Option<Instant>,
     ) -> Result<InferResponse, Error> {
         let started = Instant::now();
+        crate::logging::note_servable(
+            &self.model,
+            self.version,
+            req.inputs.first().and_then(|(_, t)| t.shape.first().copied()),
+        );
         // Admission: beyond the in-flight bound, refuse at once instead of queueing.
         let admitted = InFlight::admit(self)?;
         if let Err(e) = self.validate(&req) {
@@ -344,9 +361,12 @@ impl Servable {
             .await
             .map_err(|_| Error::Unavailable(format!("{} is unloading", self.what())))?;
         let this = Arc::clone(self);
+        // The request's span (request id) goes with it to the blocking thread.
+        let span = tracing::Span::current();
         // Statistics are recorded on the blocking thread, so they count requests whose client
         // gave up while they waited.
         tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             let _admitted = admitted;
             let result = match deadline {
                 Some(d) if Instant::now() >= d => Err(Error::DeadlineExceeded(format!(

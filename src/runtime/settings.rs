@@ -241,6 +241,10 @@ pub fn apply(base: &RuntimeConfig, text: &str) -> Result<RuntimeConfig, String> 
     }
     let enabled = s.enable_batching.unwrap_or(params.is_some() || cfg.batching.is_some());
     cfg.batching = if enabled { Some(params.or_else(|| cfg.batching.clone()).unwrap_or_default()) } else { None };
+    // ---- TensorRT ----
+    if let Some(t) = &s.tensorrt {
+        cfg.tensorrt = super::trt_options::TrtOptions::from_proto(t).map_err(|e| format!("tensorrt: {e}"))?;
+    }
     // Pad values and trims are checked against the signature when the version loads; unbatched, they
     // have nothing to do.
     if let Some(b) = &mut cfg.batching {
@@ -325,6 +329,35 @@ mod tests {
             "batching_parameters: max_batch_size must be at least 1, got -2"
         );
         assert!(apply(&base, "threads: 3").unwrap_err().starts_with("syntax error at line 1"));
+    }
+
+    // ---- TensorRT ----
+    #[test]
+    fn tensorrt_settings_are_read_and_validated() {
+        let base = RuntimeConfig::default();
+        assert_eq!(apply(&base, "").unwrap().tensorrt, Default::default());
+        let c = apply(
+            &base,
+            "tensorrt { fp16: true int8: true max_workspace_size: 1073741824 profile_min_shapes: 'ids:1x1' \
+             profile_opt_shapes: 'ids:1x16' profile_max_shapes: 'ids:8x128' }",
+        )
+        .unwrap();
+        let t = &c.tensorrt;
+        assert!(t.fp16 && t.int8);
+        assert_eq!(t.max_workspace_size, Some(1 << 30));
+        let p = t.profile.as_ref().unwrap();
+        assert_eq!(
+            (p.min[0].1.clone(), p.opt[0].1.clone(), p.max[0].1.clone()),
+            (vec![1, 1], vec![1, 16], vec![8, 128])
+        );
+        assert_eq!(
+            apply(&base, "tensorrt { profile_min_shapes: 'ids:1' }").unwrap_err(),
+            "tensorrt: profile_min_shapes, profile_opt_shapes and profile_max_shapes must be given together"
+        );
+        assert_eq!(
+            apply(&base, "tensorrt { max_workspace_size: -1 }").unwrap_err(),
+            "tensorrt: max_workspace_size must be positive, got -1"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! object; leaves are converted to the dtype the model (TF) or the request (v2) names, with range
 //! and type checks. Output: written straight into a `String` (so non-finite floats can be emitted
 //! as those tokens, which `serde_json` cannot do).
-use crate::tensor::{fmt_shape, DType, Tensor, TensorData};
+use crate::error::Error;
+use crate::tensor::codec::{self, format_f64, Element, Number};
+use crate::tensor::{claimed_elements, fmt_shape, tensor_bytes, try_vec, Budget, DType, Input, Tensor, TensorData};
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -14,19 +16,112 @@ use std::fmt::Write;
 /// Key of the marker object that stands for a non-finite float token in a parsed body.
 const NONFINITE_KEY: &str = "\u{0}nonfinite";
 const NONFINITE_KEY_JSON: &[u8] = b"\"\\u0000nonfinite\"";
+/// The longest marker object minus the shortest token it replaces (`{"\u0000nonfinite":"-Infinity"}`
+/// for `NaN`).
+const NONFINITE_GROWTH: usize = 31 - 3;
 
-/// Parses a request body, accepting the tokens `NaN`, `Infinity` and `-Infinity` as numbers.
-pub fn parse(body: &[u8]) -> Result<Value, String> {
-    let rewritten = rewrite_nonfinite(body);
-    let text = rewritten.as_deref().unwrap_or(body);
-    serde_json::from_slice(text).map_err(|e| format!("JSON Parse error: {e}"))
+/// Memory a parsed JSON value takes (`serde_json::Value`), an object's first map node, and each
+/// further object member: what [`parse`] charges before it parses.
+const VALUE_BYTES: u128 = std::mem::size_of::<Value>() as u128;
+const OBJECT_BYTES: u128 = 640;
+const MEMBER_BYTES: u128 = 64;
+
+/// What a body holds, counted outside strings without parsing it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Census {
+    values: u128,
+    objects: u128,
+    members: u128,
+    nonfinite: usize,
 }
 
-/// Replaces `NaN`, `Infinity` and `-Infinity` outside strings by marker objects; `None` if the body
-/// has none (the common case: no copy).
-fn rewrite_nonfinite(body: &[u8]) -> Option<Vec<u8>> {
+impl Census {
+    /// The memory the parsed tree takes, about (an upper estimate for ordinary bodies).
+    fn parsed_bytes(&self, body_len: usize) -> u128 {
+        let values = self.values + 2 * self.nonfinite as u128;
+        let objects = self.objects + self.nonfinite as u128;
+        let members = self.members + self.nonfinite as u128;
+        let copy = if self.nonfinite > 0 { body_len as u128 + (self.nonfinite * NONFINITE_GROWTH) as u128 } else { 0 };
+        values * VALUE_BYTES + objects * OBJECT_BYTES + members * MEMBER_BYTES + body_len as u128 + copy
+    }
+}
+
+/// Counts the values, objects, object members and non-finite tokens of a body (outside strings).
+fn census(body: &[u8]) -> Census {
+    let mut c = Census { values: 1, ..Census::default() };
+    let (mut in_string, mut escaped, mut after_open) = (false, false, false);
+    let mut i = 0;
+    while i < body.len() {
+        let ch = body[i];
+        i += 1;
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if ch == b'\\' {
+                escaped = true;
+            } else if ch == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        if ch.is_ascii_whitespace() {
+            continue;
+        }
+        if after_open && ch != b']' && ch != b'}' {
+            // A container's first element.
+            c.values += 1;
+        }
+        after_open = false;
+        match ch {
+            b'"' => in_string = true,
+            b'[' => after_open = true,
+            b'{' => {
+                after_open = true;
+                c.objects += 1;
+            }
+            b',' => c.values += 1,
+            b':' => c.members += 1,
+            b'N' | b'I' | b'-' => {
+                if let Some((len, _)) = nonfinite_token(&body[i - 1..]) {
+                    c.nonfinite += 1;
+                    i += len - 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    c
+}
+
+/// The non-finite token `rest` starts with, and its name.
+fn nonfinite_token(rest: &[u8]) -> Option<(usize, &'static str)> {
     const TOKENS: [(&[u8], &str); 3] = [(b"NaN", "NaN"), (b"Infinity", "Infinity"), (b"-Infinity", "-Infinity")];
-    let mut out: Option<Vec<u8>> = None;
+    TOKENS.iter().find(|(t, _)| rest.starts_with(t)).map(|(t, name)| (t.len(), *name))
+}
+
+/// Parses a request body, accepting the tokens `NaN`, `Infinity` and `-Infinity` as numbers. The
+/// memory the parsed tree will take is estimated first (a cheap scan) and the body refused with
+/// 413 when that is over `limit` (`--max-tensor-bytes`).
+pub fn parse(body: &[u8], limit: usize) -> Result<Value, Error> {
+    let c = census(body);
+    let needs = c.parsed_bytes(body.len());
+    if needs > limit as u128 {
+        return Err(Error::TooLarge(format!(
+            "the JSON body needs about {needs} bytes once parsed ({} values, {} objects), more than the {limit} bytes \
+             --max-tensor-bytes allows for one request; send large tensors over gRPC",
+            c.values, c.objects
+        )));
+    }
+    let rewritten = if c.nonfinite > 0 { Some(rewrite_nonfinite(body, c.nonfinite)?) } else { None };
+    let text = rewritten.as_deref().unwrap_or(body);
+    serde_json::from_slice(text).map_err(|e| Error::InvalidArgument(format!("JSON Parse error: {e}")))
+}
+
+/// Replaces the `count` tokens `NaN`, `Infinity` and `-Infinity` outside strings by marker objects.
+fn rewrite_nonfinite(body: &[u8], count: usize) -> Result<Vec<u8>, Error> {
+    let mut o = Vec::new();
+    o.try_reserve_exact(body.len() + count * NONFINITE_GROWTH)
+        .map_err(|_| Error::TooLarge(format!("cannot allocate {} bytes to read the JSON body", body.len())))?;
     let (mut in_string, mut escaped) = (false, false);
     let mut copied = 0;
     let mut i = 0;
@@ -49,22 +144,22 @@ fn rewrite_nonfinite(body: &[u8]) -> Option<Vec<u8>> {
             continue;
         }
         if c == b'N' || c == b'I' || c == b'-' {
-            if let Some((tok, name)) = TOKENS.iter().find(|(t, _)| body[i..].starts_with(t)) {
-                let o = out.get_or_insert_with(|| Vec::with_capacity(body.len() + 64));
+            if let Some((len, name)) = nonfinite_token(&body[i..]) {
                 o.extend_from_slice(&body[copied..i]);
                 o.push(b'{');
                 o.extend_from_slice(NONFINITE_KEY_JSON);
-                o.extend_from_slice(format!(":\"{name}\"}}").as_bytes());
-                i += tok.len();
+                o.extend_from_slice(b":\"");
+                o.extend_from_slice(name.as_bytes());
+                o.extend_from_slice(b"\"}");
+                i += len;
                 copied = i;
                 continue;
             }
         }
         i += 1;
     }
-    let mut o = out?;
     o.extend_from_slice(&body[copied..]);
-    Some(o)
+    Ok(o)
 }
 
 /// The float a non-finite marker object stands for.
@@ -112,16 +207,6 @@ pub fn short(v: &Value) -> String {
         s.push_str("...");
     }
     s
-}
-
-fn format_f64(x: f64) -> String {
-    if x.is_nan() {
-        "NaN".into()
-    } else if x.is_infinite() {
-        if x > 0.0 { "Infinity" } else { "-Infinity" }.into()
-    } else {
-        format!("{x:?}")
-    }
 }
 
 /// The shape of a nested JSON list, following first elements (a scalar has shape `[]`).
@@ -177,25 +262,52 @@ pub fn flatten_any<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-/// Builds a tensor of `dtype` and `shape` from its leaves (row-major).
-pub fn to_tensor(dtype: DType, shape: Vec<i64>, leaves: &[&Value]) -> Result<Tensor, String> {
+/// Charges an input of `dtype` and `shape` whose leaves are `leaves` to the request's budget: the
+/// size the shape claims (for strings: per element, plus the bytes of the leaves given).
+pub fn charge(
+    input: Input<'_>,
+    budget: &mut Budget,
+    dtype: DType,
+    shape: &[i64],
+    leaves: &[&Value],
+) -> Result<(), Error> {
+    let n = claimed_elements(input, shape)?;
+    let payload: u128 = if dtype == DType::String { leaves.iter().map(|v| string_len(v) as u128).sum() } else { 0 };
+    budget.charge(input, dtype, shape, tensor_bytes(dtype, n, payload))
+}
+
+/// The bytes a string leaf decodes to (at most).
+fn string_len(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        _ => match b64_of(v) {
+            Some(Value::String(s)) => base64::decoded_len_estimate(s.len()),
+            _ => 0,
+        },
+    }
+}
+
+/// Builds a tensor of `dtype` and `shape` from its leaves (row-major), converting each with the
+/// core codec's checks. Charge the input with [`charge`] first.
+pub fn to_tensor(input: Input<'_>, dtype: DType, shape: Vec<i64>, leaves: &[&Value]) -> Result<Tensor, Error> {
+    let element = |i: usize, m: String| input.invalid(format!("element {i}: {m}"));
     let data = match dtype.size() {
-        None => TensorData::Strings(
-            leaves
-                .iter()
-                .enumerate()
-                .map(|(i, v)| string_leaf(v).map_err(|m| format!("element {i}: {m}")))
-                .collect::<Result<_, _>>()?,
-        ),
-        Some(size) => {
-            let mut out = Vec::with_capacity(leaves.len().saturating_mul(size));
+        None => {
+            let mut out = try_vec::<Bytes>(input, leaves.len())?;
             for (i, v) in leaves.iter().enumerate() {
-                push_leaf(dtype, v, &mut out).map_err(|m| format!("element {i}: {m}"))?;
+                out.push(string_leaf(v).map_err(|m| element(i, m))?);
+            }
+            TensorData::Strings(out)
+        }
+        Some(size) => {
+            let mut out = try_vec::<u8>(input, leaves.len().saturating_mul(size))?;
+            for (i, v) in leaves.iter().enumerate() {
+                push_leaf(dtype, v, &mut out).map_err(|m| element(i, m))?;
             }
             TensorData::Raw(Bytes::from(out))
         }
     };
-    Tensor::new(dtype, shape, data).map_err(|e| e.to_string())
+    Tensor::new(dtype, shape, data).map_err(|e| input.invalid(e))
 }
 
 fn expected(what: &str, dtype: DType, v: &Value) -> String {
@@ -203,9 +315,10 @@ fn expected(what: &str, dtype: DType, v: &Value) -> String {
     format!("expected {what} for dtype {dtype}, got {}{b64}", short(v))
 }
 
+/// A string element: a JSON string (its UTF-8 bytes) or `{"b64": "..."}` (any bytes).
 fn string_leaf(v: &Value) -> Result<Bytes, String> {
     if let Value::String(s) = v {
-        return Ok(Bytes::from(s.clone().into_bytes()));
+        return Ok(Bytes::copy_from_slice(s.as_bytes()));
     }
     match b64_of(v) {
         Some(Value::String(s)) => base64::engine::general_purpose::STANDARD
@@ -217,46 +330,17 @@ fn string_leaf(v: &Value) -> Result<Bytes, String> {
     }
 }
 
-fn float(v: &Value, dtype: DType) -> Result<f64, String> {
+/// The number of a numeric leaf (a JSON number or a non-finite token).
+fn number(v: &Value, what: &str, dtype: DType) -> Result<Number, String> {
     match v {
-        Value::Number(n) => n.as_f64().ok_or_else(|| expected("a number", dtype, v)),
-        _ => nonfinite(v).ok_or_else(|| expected("a number", dtype, v)),
-    }
-}
-
-/// A float converted to a narrower type must not overflow to infinity.
-fn fits(x: f64, narrowed_is_finite: bool, dtype: DType) -> Result<(), String> {
-    if x.is_finite() && !narrowed_is_finite {
-        return Err(format!("value {} is out of range for {dtype}", format_f64(x)));
-    }
-    Ok(())
-}
-
-fn integer<T: TryFrom<i64> + TryFrom<u64>>(v: &Value, dtype: DType) -> Result<T, String> {
-    let Value::Number(n) = v else {
-        return Err(expected("an integer", dtype, v));
-    };
-    let range = || format!("value {n} is out of range for {dtype}");
-    if let Some(i) = n.as_i64() {
-        return T::try_from(i).map_err(|_| range());
-    }
-    if let Some(u) = n.as_u64() {
-        return T::try_from(u).map_err(|_| range());
-    }
-    let f = n.as_f64().unwrap_or(f64::NAN);
-    if !f.is_finite() || f.fract() != 0.0 {
-        return Err(format!("value {n} is not an integer (dtype {dtype})"));
-    }
-    if f < 0.0 {
-        if f < -9.223_372_036_854_776e18 {
-            return Err(range());
-        }
-        T::try_from(f as i64).map_err(|_| range())
-    } else {
-        if f >= 18_446_744_073_709_551_616.0 {
-            return Err(range());
-        }
-        T::try_from(f as u64).map_err(|_| range())
+        Value::Number(n) => Ok(if let Some(i) = n.as_i64() {
+            Number::I64(i)
+        } else if let Some(u) = n.as_u64() {
+            Number::U64(u)
+        } else {
+            Number::F64(n.as_f64().unwrap_or(f64::NAN))
+        }),
+        _ => nonfinite(v).map(Number::F64).ok_or_else(|| expected(what, dtype, v)),
     }
 }
 
@@ -266,34 +350,16 @@ fn push_leaf(dtype: DType, v: &Value, out: &mut Vec<u8>) -> Result<(), String> {
             Value::Bool(b) => out.push(u8::from(*b)),
             _ => return Err(expected("true or false", dtype, v)),
         },
-        DType::F64 => out.extend_from_slice(&float(v, dtype)?.to_le_bytes()),
-        DType::F32 => {
-            let x = float(v, dtype)?;
-            let y = x as f32;
-            fits(x, y.is_finite(), dtype)?;
-            out.extend_from_slice(&y.to_le_bytes());
+        DType::F32 | DType::F64 | DType::F16 | DType::BF16 => {
+            codec::push_number(dtype, number(v, "a number", dtype)?, out)?;
         }
-        DType::F16 => {
-            let x = float(v, dtype)?;
-            let y = half::f16::from_f64(x);
-            fits(x, y.is_finite(), dtype)?;
-            out.extend_from_slice(&y.to_le_bytes());
-        }
-        DType::BF16 => {
-            let x = float(v, dtype)?;
-            let y = half::bf16::from_f64(x);
-            fits(x, y.is_finite(), dtype)?;
-            out.extend_from_slice(&y.to_le_bytes());
-        }
-        DType::I8 => out.extend_from_slice(&integer::<i8>(v, dtype)?.to_le_bytes()),
-        DType::I16 => out.extend_from_slice(&integer::<i16>(v, dtype)?.to_le_bytes()),
-        DType::I32 => out.extend_from_slice(&integer::<i32>(v, dtype)?.to_le_bytes()),
-        DType::I64 => out.extend_from_slice(&integer::<i64>(v, dtype)?.to_le_bytes()),
-        DType::U8 => out.extend_from_slice(&integer::<u8>(v, dtype)?.to_le_bytes()),
-        DType::U16 => out.extend_from_slice(&integer::<u16>(v, dtype)?.to_le_bytes()),
-        DType::U32 => out.extend_from_slice(&integer::<u32>(v, dtype)?.to_le_bytes()),
-        DType::U64 => out.extend_from_slice(&integer::<u64>(v, dtype)?.to_le_bytes()),
         DType::String => return Err(expected("a number", dtype, v)),
+        _ => {
+            if nonfinite(v).is_some() {
+                return Err(expected("an integer", dtype, v));
+            }
+            codec::push_number(dtype, number(v, "an integer", dtype)?, out)?;
+        }
     }
     Ok(())
 }
@@ -349,58 +415,27 @@ fn write_f64(out: &mut String, x: f64) {
     }
 }
 
-fn le<const N: usize>(b: &[u8], i: usize) -> [u8; N] {
-    b.get(i * N..(i + 1) * N).and_then(|c| c.try_into().ok()).unwrap_or([0; N])
-}
-
 /// Appends element `i` of `t`.
 fn write_elem(out: &mut String, t: &Tensor, i: usize, strings: Strings) {
-    let raw = match &t.data {
-        TensorData::Strings(s) => {
-            let b = s.get(i).map(|b| &b[..]).unwrap_or_default();
-            match (strings, std::str::from_utf8(b)) {
-                (Strings::Auto, Ok(s)) => write_str(out, s),
-                _ => {
-                    out.push_str("{\"b64\":\"");
-                    out.push_str(&base64::engine::general_purpose::STANDARD.encode(b));
-                    out.push_str("\"}");
-                }
+    match codec::element(t, i) {
+        Element::Bytes(b) => match (strings, std::str::from_utf8(b)) {
+            (Strings::Auto, Ok(s)) => write_str(out, s),
+            _ => {
+                out.push_str("{\"b64\":\"");
+                out.push_str(&base64::engine::general_purpose::STANDARD.encode(b));
+                out.push_str("\"}");
             }
-            return;
+        },
+        Element::F32(x) => write_f32(out, x),
+        Element::F64(x) => write_f64(out, x),
+        Element::Int(x) => {
+            let _ = write!(out, "{x}");
         }
-        TensorData::Raw(b) => &b[..],
-    };
-    let _ = match t.dtype {
-        DType::F32 => {
-            write_f32(out, f32::from_le_bytes(le(raw, i)));
-            Ok(())
+        Element::UInt(x) => {
+            let _ = write!(out, "{x}");
         }
-        DType::F64 => {
-            write_f64(out, f64::from_le_bytes(le(raw, i)));
-            Ok(())
-        }
-        DType::F16 => {
-            write_f32(out, half::f16::from_le_bytes(le(raw, i)).to_f32());
-            Ok(())
-        }
-        DType::BF16 => {
-            write_f32(out, half::bf16::from_le_bytes(le(raw, i)).to_f32());
-            Ok(())
-        }
-        DType::I8 => write!(out, "{}", i8::from_le_bytes(le(raw, i))),
-        DType::I16 => write!(out, "{}", i16::from_le_bytes(le(raw, i))),
-        DType::I32 => write!(out, "{}", i32::from_le_bytes(le(raw, i))),
-        DType::I64 => write!(out, "{}", i64::from_le_bytes(le(raw, i))),
-        DType::U8 => write!(out, "{}", u8::from_le_bytes(le(raw, i))),
-        DType::U16 => write!(out, "{}", u16::from_le_bytes(le(raw, i))),
-        DType::U32 => write!(out, "{}", u32::from_le_bytes(le(raw, i))),
-        DType::U64 => write!(out, "{}", u64::from_le_bytes(le(raw, i))),
-        DType::Bool => {
-            out.push_str(if raw.get(i).copied().unwrap_or(0) != 0 { "true" } else { "false" });
-            Ok(())
-        }
-        DType::String => Ok(()),
-    };
+        Element::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+    }
 }
 
 /// Appends the block of `t` of shape `dims` that starts at element `start`, as nested lists (a
@@ -445,12 +480,31 @@ mod tests {
 
     #[test]
     fn nonfinite_tokens_outside_strings_only() {
-        let v = parse(br#"{"a":[NaN, Infinity, -Infinity, -1], "s":"NaN Infinity \"NaN"}"#).unwrap();
-        let a: Vec<f64> = v["a"].as_array().unwrap().iter().map(|x| float(x, DType::F64).unwrap()).collect();
-        assert!(a[0].is_nan());
-        assert_eq!(&a[1..], &[f64::INFINITY, f64::NEG_INFINITY, -1.0]);
+        let body = br#"{"a":[NaN, Infinity, -Infinity, -1], "s":"NaN Infinity \"NaN"}"#;
+        assert_eq!(census(body), Census { values: 7, objects: 1, members: 2, nonfinite: 3 });
+        let v = parse(body, 1 << 20).unwrap();
+        let a: Vec<Number> =
+            v["a"].as_array().unwrap().iter().map(|x| number(x, "a number", DType::F64).unwrap()).collect();
+        assert!(matches!(a[0], Number::F64(x) if x.is_nan()));
+        assert_eq!(&a[1..], &[Number::F64(f64::INFINITY), Number::F64(f64::NEG_INFINITY), Number::I64(-1)]);
         assert_eq!(v["s"], "NaN Infinity \"NaN");
-        assert!(parse(b"[Nope]").unwrap_err().starts_with("JSON Parse error: "));
+        assert!(parse(b"[Nope]", 1 << 20).unwrap_err().to_string().starts_with("JSON Parse error: "));
+    }
+
+    #[test]
+    fn parse_is_bounded_before_parsing() {
+        assert_eq!(census(b"[]").values, 1);
+        assert_eq!(census(b" [ 1 , [2, 3], {} ] ").values, 6);
+        assert_eq!(census(br#"[{"a": "[,,:"}]"#), Census { values: 3, objects: 1, members: 1, nonfinite: 0 });
+        let body = format!("[{}0]", "0,".repeat(99_999));
+        let e = parse(body.as_bytes(), 1 << 20).unwrap_err();
+        assert_eq!(e.http_status(), 413);
+        assert_eq!(
+            e.to_string(),
+            "the JSON body needs about 3400033 bytes once parsed (100001 values, 0 objects), more than the 1048576 \
+             bytes --max-tensor-bytes allows for one request; send large tensors over gRPC"
+        );
+        assert!(parse(body.as_bytes(), 4 << 20).is_ok());
     }
 
     #[test]
@@ -474,25 +528,28 @@ mod tests {
     fn converts_with_checks() {
         let v: Value = serde_json::from_str("[300]").unwrap();
         let leaves: Vec<&Value> = v.as_array().unwrap().iter().collect();
+        let x = Input { ctx: "m", name: "x" };
         assert_eq!(
-            to_tensor(DType::U8, vec![1], &leaves).unwrap_err(),
-            "element 0: value 300 is out of range for uint8"
+            to_tensor(x, DType::U8, vec![1], &leaves).unwrap_err().to_string(),
+            "m: input 'x': element 0: value 300 is out of range for uint8"
         );
         let v: Value = serde_json::from_str("[1.5, 2.0]").unwrap();
         let leaves: Vec<&Value> = v.as_array().unwrap().iter().collect();
         assert_eq!(
-            to_tensor(DType::I32, vec![2], &leaves).unwrap_err(),
-            "element 0: value 1.5 is not an integer (dtype int32)"
+            to_tensor(x, DType::I32, vec![2], &leaves).unwrap_err().to_string(),
+            "m: input 'x': element 0: value 1.5 is not an integer (dtype int32)"
         );
         let v: Value = serde_json::from_str("[1e300]").unwrap();
         let leaves: Vec<&Value> = v.as_array().unwrap().iter().collect();
         assert_eq!(
-            to_tensor(DType::F32, vec![1], &leaves).unwrap_err(),
-            "element 0: value 1e300 is out of range for float32"
+            to_tensor(x, DType::F32, vec![1], &leaves).unwrap_err().to_string(),
+            "m: input 'x': element 0: value 1e300 is out of range for float32"
         );
         let v: Value = serde_json::from_str(r#"[{"b64":"aGk="}, "yo"]"#).unwrap();
         let leaves: Vec<&Value> = v.as_array().unwrap().iter().collect();
-        let t = to_tensor(DType::String, vec![2], &leaves).unwrap();
+        let mut budget = Budget::new(2 * 32 + 5);
+        charge(x, &mut budget, DType::String, &[2], &leaves).unwrap();
+        let t = to_tensor(x, DType::String, vec![2], &leaves).unwrap();
         assert_eq!(t.data, TensorData::Strings(vec![Bytes::from_static(b"hi"), Bytes::from_static(b"yo")]));
         let mut out = String::new();
         write_flat(&mut out, &t, Strings::Auto);

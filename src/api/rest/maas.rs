@@ -28,14 +28,14 @@ async fn model_details(State(m): Mgr, Path(model): Path<String>) -> Response {
 }
 
 fn model_json(d: &ModelDetails) -> Value {
-    let dirs = version_dirs(&d.base_path);
+    let dirs = d.local_dir.as_deref().map(version_dirs).unwrap_or_default();
     let versions: Vec<Value> = d
         .versions
         .iter()
         .map(|(v, details)| {
             let mut j = version_json(*v, details);
             if let Some(o) = j.as_object_mut() {
-                o.insert("optimization".into(), optimization_json(dirs.get(v)));
+                o.insert("optimization".into(), optimization_json(details.dir.as_ref().or(dirs.get(v))));
             }
             j
         })

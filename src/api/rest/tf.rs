@@ -3,19 +3,20 @@
 //! matchit (axum's router) cannot match a parameter with a suffix in one segment, so
 //! `/v1/models/{name}:predict` is routed as `/v1/models/{name}` and the verb is split off the last
 //! `:` here.
-use super::json::{self, Strings};
-use super::{body_rejected, error_response, respond, Mgr};
+use super::{body_rejected, error_response, respond, Mgr, TensorLimit};
+use super::{json, tf_json};
 use crate::api::tf_tensor::dtype_to_tf;
 use crate::api::tfserving::DEFAULT_SIGNATURE;
 use crate::error::Error;
 use crate::manager::{ModelManager, VersionSelector, VersionStatus};
 use crate::runtime::Servable;
-use crate::tensor::{DType, InferRequest, Tensor, TensorData, TensorSpec};
+use crate::tensor::{Budget, DType, InferRequest, Tensor, TensorData, TensorSpec};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{Method, Uri};
 use axum::response::Response;
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -108,6 +109,7 @@ async fn get_label_metadata(
 
 async fn post_model(
     State(m): Mgr,
+    Extension(limit): Extension<TensorLimit>,
     method: Method,
     uri: Uri,
     Path(name_verb): Path<String>,
@@ -116,11 +118,12 @@ async fn post_model(
     let Some((name, verb)) = split_verb(&name_verb) else {
         return error_response(&malformed(&method, &uri));
     };
-    post(&m, &method, &uri, name, Sel::Latest, verb, body).await
+    post(&m, limit, &method, &uri, name, Sel::Latest, verb, body).await
 }
 
 async fn post_version(
     State(m): Mgr,
+    Extension(limit): Extension<TensorLimit>,
     method: Method,
     uri: Uri,
     Path((name, v_verb)): Path<(String, String)>,
@@ -129,11 +132,12 @@ async fn post_version(
     let Some((v, verb)) = split_verb(&v_verb) else {
         return error_response(&malformed(&method, &uri));
     };
-    post(&m, &method, &uri, &name, Sel::Version(v), verb, body).await
+    post(&m, limit, &method, &uri, &name, Sel::Version(v), verb, body).await
 }
 
 async fn post_label(
     State(m): Mgr,
+    Extension(limit): Extension<TensorLimit>,
     method: Method,
     uri: Uri,
     Path((name, l_verb)): Path<(String, String)>,
@@ -142,11 +146,13 @@ async fn post_label(
     let Some((l, verb)) = split_verb(&l_verb) else {
         return error_response(&malformed(&method, &uri));
     };
-    post(&m, &method, &uri, &name, Sel::Label(l), verb, body).await
+    post(&m, limit, &method, &uri, &name, Sel::Label(l), verb, body).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn post(
     m: &ModelManager,
+    limit: TensorLimit,
     method: &Method,
     uri: &Uri,
     name: &str,
@@ -175,7 +181,7 @@ async fn post(
         Ok(b) => b,
         Err(r) => return body_rejected(r),
     };
-    respond(predict(m, name, selector, &body).await)
+    respond(predict(m, limit, name, selector, &body).await)
 }
 
 fn status(m: &ModelManager, method: &Method, uri: &Uri, name: &str, sel: Sel<'_>) -> Result<String, Error> {
@@ -232,8 +238,14 @@ fn metadata(m: &ModelManager, method: &Method, uri: &Uri, name: &str, sel: Sel<'
     .to_string())
 }
 
-async fn predict(m: &ModelManager, name: &str, selector: VersionSelector, body: &[u8]) -> Result<String, Error> {
-    let value = json::parse(body).map_err(Error::InvalidArgument)?;
+async fn predict(
+    m: &ModelManager,
+    limit: TensorLimit,
+    name: &str,
+    selector: VersionSelector,
+    body: &[u8],
+) -> Result<String, Error> {
+    let value = json::parse(body, limit.0)?;
     let Some(obj) = value.as_object() else {
         return Err(Error::InvalidArgument(format!(
             "the request body must be a JSON object with \"instances\" (row format) or \"inputs\" (columnar \
@@ -273,17 +285,16 @@ async fn predict(m: &ModelManager, name: &str, selector: VersionSelector, body: 
         };
     let servable = m.resolve(name, &selector)?;
     let ctx = format!("model '{}' version {}", servable.model, servable.version);
-    let (inputs, batch) = match rows {
-        Some(instances) => {
-            let (inputs, n) = decode_rows(&servable, &ctx, instances)?;
-            (inputs, Some(n))
-        }
-        None => (decode_columns(&servable, &ctx, obj.get("inputs").unwrap_or(&Value::Null))?, None),
+    let (inputs, batch) = {
+        let unknown = |input: &str| unknown_input(&servable, input);
+        let model = tf_json::Model { ctx: &ctx, signature: &servable.signature, unknown_input: &unknown };
+        let columns = obj.get("inputs").unwrap_or(&Value::Null);
+        tf_json::decode_inputs(&model, rows, columns, &mut Budget::new(limit.0))?
     };
     let response = servable.infer(InferRequest { inputs, outputs: Vec::new() }).await?;
     match batch {
-        Some(n) => encode_rows(&ctx, &response.outputs, n),
-        None => Ok(encode_columns(&response.outputs)),
+        Some(_) => tf_json::encode_rows(&ctx, &response.outputs),
+        None => Ok(tf_json::encode_columns(&response.outputs)),
     }
 }
 
@@ -294,182 +305,4 @@ fn unknown_input(servable: &Servable, name: &str) -> Error {
         Err(e) => e,
         Ok(()) => Error::Internal(format!("input '{name}' is neither known nor unknown")),
     }
-}
-
-/// Converts the leaves of one input to a tensor of the dtype the signature gives it.
-fn input_tensor(
-    servable: &Servable,
-    ctx: &str,
-    name: &str,
-    shape: Vec<i64>,
-    leaves: &[&Value],
-) -> Result<Tensor, Error> {
-    let Some(spec) = servable.signature.inputs.iter().find(|s| s.name == name) else {
-        return Err(unknown_input(servable, name));
-    };
-    json::to_tensor(spec.dtype, shape, leaves)
-        .map_err(|m| Error::InvalidArgument(format!("{ctx}: input '{name}': {m}")))
-}
-
-fn input_names(servable: &Servable) -> String {
-    let names: Vec<String> = servable.signature.inputs.iter().map(|s| format!("'{}'", s.name)).collect();
-    format!("[{}]", names.join(", "))
-}
-
-/// One value (nested list) per input, for the whole input.
-fn whole(servable: &Servable, ctx: &str, name: &str, v: &Value) -> Result<Tensor, Error> {
-    let shape = json::nested_shape(v);
-    let mut leaves = Vec::new();
-    json::flatten_rect(v, &shape, &mut leaves)
-        .map_err(|m| Error::InvalidArgument(format!("{ctx}: input '{name}': {m}")))?;
-    input_tensor(servable, ctx, name, shape, &leaves)
-}
-
-/// Row format: a list of instances, each the value of the single input or an object keyed by input
-/// name; every input gets the number of instances as its first dimension.
-fn decode_rows(servable: &Servable, ctx: &str, instances: &Value) -> Result<(Vec<(String, Tensor)>, usize), Error> {
-    let list = match instances.as_array() {
-        Some(l) if !l.is_empty() => l,
-        _ => {
-            return Err(Error::InvalidArgument(format!(
-                "{ctx}: \"instances\" must be a non-empty JSON list (one element per row), got {}",
-                json::short(instances)
-            )))
-        }
-    };
-    let n = list.len();
-    let Some(first) = json::is_named_map(&list[0]) else {
-        let sig = &servable.signature.inputs;
-        if sig.len() != 1 {
-            return Err(Error::InvalidArgument(format!(
-                "{ctx}: the model has {} inputs {}; in the row format each instance must be a JSON object keyed \
-                 by input name",
-                sig.len(),
-                input_names(servable)
-            )));
-        }
-        let name = sig[0].name.clone();
-        let t = whole(servable, ctx, &name, instances)?;
-        return Ok((vec![(name, t)], n));
-    };
-    let names: Vec<&String> = first.keys().collect();
-    for (i, inst) in list.iter().enumerate() {
-        let same = json::is_named_map(inst)
-            .is_some_and(|o| o.len() == names.len() && names.iter().all(|k| o.contains_key(k.as_str())));
-        if !same {
-            let listed: Vec<String> = names.iter().map(|k| format!("'{k}'")).collect();
-            return Err(Error::InvalidArgument(format!(
-                "{ctx}: instance {i} does not name the same inputs as instance 0 ([{}]); in the row format every \
-                 instance is a JSON object with the same input names",
-                listed.join(", ")
-            )));
-        }
-    }
-    let mut inputs = Vec::with_capacity(names.len());
-    for name in names {
-        let inner = json::nested_shape(&first[name.as_str()]);
-        let mut shape = Vec::with_capacity(inner.len() + 1);
-        shape.push(n as i64);
-        shape.extend_from_slice(&inner);
-        let mut leaves = Vec::new();
-        for (i, inst) in list.iter().enumerate() {
-            json::flatten_rect(&inst[name.as_str()], &inner, &mut leaves)
-                .map_err(|m| Error::InvalidArgument(format!("{ctx}: input '{name}': instance {i}: {m}")))?;
-        }
-        inputs.push((name.clone(), input_tensor(servable, ctx, name, shape, &leaves)?));
-    }
-    Ok((inputs, n))
-}
-
-/// Columnar format: the value of the single input, or an object keyed by input name.
-fn decode_columns(servable: &Servable, ctx: &str, inputs: &Value) -> Result<Vec<(String, Tensor)>, Error> {
-    if let Some(map) = json::is_named_map(inputs) {
-        return map.iter().map(|(name, v)| Ok((name.clone(), whole(servable, ctx, name, v)?))).collect();
-    }
-    let sig = &servable.signature.inputs;
-    if sig.len() != 1 {
-        return Err(Error::InvalidArgument(format!(
-            "{ctx}: the model has {} inputs {}; \"inputs\" must be a JSON object keyed by input name",
-            sig.len(),
-            input_names(servable)
-        )));
-    }
-    let name = sig[0].name.clone();
-    let t = whole(servable, ctx, &name, inputs)?;
-    Ok(vec![(name, t)])
-}
-
-/// TF Serving writes outputs named `*_bytes` as `{"b64": ...}`.
-fn strings_for(name: &str) -> Strings {
-    if name.ends_with("_bytes") {
-        Strings::B64
-    } else {
-        Strings::Auto
-    }
-}
-
-fn write_row(out: &mut String, name: &str, t: &Tensor, row: usize) {
-    let dims = t.shape.get(1..).unwrap_or_default();
-    let stride: usize = dims.iter().map(|&d| d.max(0) as usize).product();
-    json::write_nested(out, t, dims, row * stride, strings_for(name));
-}
-
-/// `{"predictions": [...]}`: one element per row, an object keyed by output name if there are several.
-fn encode_rows(ctx: &str, outputs: &[(String, Tensor)], n: usize) -> Result<String, Error> {
-    for (name, t) in outputs {
-        if t.shape.first() != Some(&(n as i64)) {
-            return Err(Error::InvalidArgument(format!(
-                "{ctx}: output '{name}' has shape {}, whose first dimension is not the {n} instances of the \
-                 request, so it cannot be returned in the row format; send \"inputs\" (columnar format) instead",
-                crate::tensor::fmt_shape(&t.shape)
-            )));
-        }
-    }
-    let mut out = String::from("{\"predictions\":[");
-    for row in 0..n {
-        if row > 0 {
-            out.push(',');
-        }
-        match outputs {
-            [(name, t)] => write_row(&mut out, name, t, row),
-            _ => {
-                out.push('{');
-                for (k, (name, t)) in outputs.iter().enumerate() {
-                    if k > 0 {
-                        out.push(',');
-                    }
-                    json::write_str(&mut out, name);
-                    out.push(':');
-                    write_row(&mut out, name, t, row);
-                }
-                out.push('}');
-            }
-        }
-    }
-    out.push_str("]}");
-    Ok(out)
-}
-
-/// `{"outputs": ...}`: the single output's value, or an object keyed by output name.
-fn encode_columns(outputs: &[(String, Tensor)]) -> String {
-    let mut out = String::from("{\"outputs\":");
-    match outputs {
-        [(name, t)] => {
-            json::write_nested(&mut out, t, &t.shape, 0, strings_for(name));
-        }
-        _ => {
-            out.push('{');
-            for (k, (name, t)) in outputs.iter().enumerate() {
-                if k > 0 {
-                    out.push(',');
-                }
-                json::write_str(&mut out, name);
-                out.push(':');
-                json::write_nested(&mut out, t, &t.shape, 0, strings_for(name));
-            }
-            out.push('}');
-        }
-    }
-    out.push('}');
-    out
 }

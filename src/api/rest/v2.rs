@@ -4,17 +4,17 @@
 //! Health and readiness answer 200 with an empty body when true and 400 with `{"error": ...}` when
 //! false (Triton's choice); an unknown model or version is 404.
 use super::json::{self, Strings};
-use super::{body_rejected, error_response, json_response, respond, Mgr};
+use super::{body_rejected, error_response, json_response, respond, Mgr, TensorLimit};
 use crate::api::v2_types::{dtype_from_v2, dtype_to_v2, supported_v2};
 use crate::error::Error;
 use crate::manager::{ModelManager, VersionSelector};
-use crate::tensor::{element_count, fmt_shape, InferRequest, Tensor, TensorData, TensorSpec};
+use crate::tensor::{claimed_elements, fmt_shape, Budget, InferRequest, Input, Tensor, TensorSpec};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -112,20 +112,26 @@ async fn version_metadata(State(m): Mgr, Path((name, v)): Path<(String, String)>
     respond(metadata(&m, &name, version(&v)))
 }
 
-async fn infer(State(m): Mgr, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn infer(
+    State(m): Mgr,
+    Extension(limit): Extension<TensorLimit>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match body {
-        Ok(b) => respond(run(&m, &name, Ok(VersionSelector::Latest), &b).await),
+        Ok(b) => respond(run(&m, limit, &name, Ok(VersionSelector::Latest), &b).await),
         Err(r) => body_rejected(r),
     }
 }
 
 async fn version_infer(
     State(m): Mgr,
+    Extension(limit): Extension<TensorLimit>,
     Path((name, v)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match body {
-        Ok(b) => respond(run(&m, &name, version(&v), &b).await),
+        Ok(b) => respond(run(&m, limit, &name, version(&v), &b).await),
         Err(r) => body_rejected(r),
     }
 }
@@ -136,12 +142,13 @@ fn bad(msg: String) -> Error {
 
 async fn run(
     m: &ModelManager,
+    limit: TensorLimit,
     name: &str,
     selector: Result<VersionSelector, Error>,
     body: &[u8],
 ) -> Result<String, Error> {
     let selector = selector?;
-    let value = json::parse(body).map_err(Error::InvalidArgument)?;
+    let value = json::parse(body, limit.0)?;
     let Some(obj) = value.as_object() else {
         return Err(bad(format!(
             "the request body must be a JSON object with \"inputs\", got {}",
@@ -158,14 +165,7 @@ async fn run(
     };
     let servable = m.resolve(name, &selector)?;
     let ctx = format!("model '{}' version {}", servable.model, servable.version);
-    let mut decoded: Vec<(String, Tensor)> = Vec::with_capacity(inputs.len());
-    for (i, input) in inputs.iter().enumerate() {
-        let (name, t) = decode_input(&ctx, i, input)?;
-        if decoded.iter().any(|(n, _)| *n == name) {
-            return Err(bad(format!("{ctx}: input '{name}' appears more than once in \"inputs\"")));
-        }
-        decoded.push((name, t));
-    }
+    let decoded = decode_inputs(&ctx, inputs, &mut Budget::new(limit.0))?;
     let mut outputs = Vec::new();
     if let Some(list) = obj.get("outputs") {
         let Some(list) = list.as_array() else {
@@ -193,14 +193,6 @@ async fn run(
     }
     out.push_str(",\"outputs\":[");
     for (k, (name, t)) in response.outputs.iter().enumerate() {
-        if let TensorData::Strings(s) = &t.data {
-            if let Some(i) = s.iter().position(|b| std::str::from_utf8(b).is_err()) {
-                return Err(Error::FailedPrecondition(format!(
-                    "{ctx}: output '{name}' element {i} is not valid UTF-8, which v2 JSON (BYTES data as JSON \
-                     strings) cannot carry; use the gRPC API for this model"
-                )));
-            }
-        }
         if k > 0 {
             out.push(',');
         }
@@ -211,6 +203,7 @@ async fn run(
         out.push_str(",\"shape\":");
         out.push_str(&json!(t.shape).to_string());
         out.push_str(",\"data\":");
+        // BYTES elements: JSON strings when UTF-8, else {"b64": ...} (JSON cannot carry other bytes).
         json::write_flat(&mut out, t, Strings::Auto);
         out.push('}');
     }
@@ -218,8 +211,23 @@ async fn run(
     Ok(out)
 }
 
-/// One entry of `"inputs"`: `{"name", "shape", "datatype", "data", "parameters"?}`.
-fn decode_input(ctx: &str, i: usize, input: &Value) -> Result<(String, Tensor), Error> {
+/// Decodes the `"inputs"` list of an infer body; `ctx` names the model and version for messages.
+pub fn decode_inputs(ctx: &str, inputs: &[Value], budget: &mut Budget) -> Result<Vec<(String, Tensor)>, Error> {
+    let mut decoded: Vec<(String, Tensor)> = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        let (name, t) = decode_input(ctx, i, input, budget)?;
+        if decoded.iter().any(|(n, _)| *n == name) {
+            return Err(bad(format!("{ctx}: input '{name}' appears more than once in \"inputs\"")));
+        }
+        decoded.push((name, t));
+    }
+    Ok(decoded)
+}
+
+/// One entry of `"inputs"`: `{"name", "shape", "datatype", "data", "parameters"?}`. BYTES elements
+/// are JSON strings or `{"b64": "..."}` (any bytes). The size the shape claims is charged to the
+/// request's budget before the data is looked at.
+fn decode_input(ctx: &str, i: usize, input: &Value, budget: &mut Budget) -> Result<(String, Tensor), Error> {
     let Some(o) = input.as_object() else {
         return Err(bad(format!("{ctx}: inputs[{i}] must be a JSON object, got {}", json::short(input))));
     };
@@ -251,10 +259,12 @@ fn decode_input(ctx: &str, i: usize, input: &Value) -> Result<(String, Tensor), 
     };
     let mut leaves = Vec::new();
     json::flatten_any(data, &mut leaves);
-    let n = element_count(&shape).map_err(|e| err(e.to_string()))?;
-    if leaves.len() != n {
+    let input = Input { ctx, name };
+    json::charge(input, budget, dtype, &shape, &leaves)?;
+    let n = claimed_elements(input, &shape)?;
+    if leaves.len() as u128 != n {
         return Err(err(format!("shape {} needs {n} values, \"data\" has {}", fmt_shape(&shape), leaves.len())));
     }
-    let t = json::to_tensor(dtype, shape, &leaves).map_err(err)?;
+    let t = json::to_tensor(input, dtype, shape, &leaves)?;
     Ok((name.to_string(), t))
 }

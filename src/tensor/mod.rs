@@ -1,7 +1,14 @@
 //! Protocol-neutral core types: a tensor is a dtype, a shape and bytes; a request names its inputs and
-//! the outputs it wants. Front ends translate their wire formats into these and back.
+//! the outputs it wants. Front ends translate their wire formats into these and back through
+//! [`codec`] (typed values, raw bytes and strings <-> tensor bytes, with every check and message),
+//! charging each decoded input to the request's [`Budget`] (`--max-tensor-bytes`) first.
 use bytes::Bytes;
 use std::fmt;
+
+mod budget;
+pub mod codec;
+
+pub use budget::{claimed_elements, tensor_bytes, try_vec, Budget, Input, STRING_ELEMENT_BYTES};
 
 /// Element types maas serves (every tensor type ONNX Runtime supports that has a wire representation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
