@@ -22,9 +22,9 @@ pub struct Cli {
     pub log_format: crate::logging::LogFormat,
 }
 
-#[derive(Debug, Subcommand)]
 // Parsed once at start; boxing the flags would buy nothing.
 #[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve every model of a model repository over gRPC.
     Serve(ServeArgs),
@@ -38,6 +38,28 @@ pub enum Command {
     /// Print the models of a running server: versions, states, providers, load times and request
     /// counts (through its gRPC APIs; `--json` for scripts).
     Status(crate::status_cli::StatusArgs),
+    /// API keys for the tenants file.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Prints a new token once, and the `keys { ... }` line (its SHA-256 digest) for the tenants file.
+    Generate(KeysGenerateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeysGenerateArgs {
+    /// The tenant the key is for (shown in the printed line's comment).
+    #[arg(long, value_name = "NAME")]
+    pub tenant: String,
+    /// Key id: 10 characters [a-z0-9] (default: random).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Expiry, RFC 3339 (e.g. 2027-06-30T00:00:00Z).
+    #[arg(long, value_name = "RFC3339")]
+    pub expires: Option<String>,
 }
 
 /// Flags of `maas serve`. Where TensorFlow Serving has the same flag, its underscore spelling is
@@ -199,6 +221,45 @@ pub struct ServeArgs {
     #[arg(long, alias = "drain_timeout_seconds", default_value_t = 30.0, value_name = "SECONDS")]
     pub drain_timeout_seconds: f64,
 
+    /// TLS server certificate chain (PEM) for every listener (gRPC, REST, metrics).
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// TLS private key (PEM) for --tls-cert-file.
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) that client certificates must chain to (mTLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<PathBuf>,
+
+    /// Client certificates: none, optional or required (default: required with --tls-client-ca-file).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub tls_client_auth: Option<crate::tls::ClientAuth>,
+
+    /// TF Serving's SSLConfig text file (inline PEM server_key, server_cert, custom_ca, client_verify),
+    /// applied to every listener.
+    #[arg(long = "ssl_config_file", alias = "ssl-config-file", value_name = "FILE", conflicts_with = "tls_cert_file")]
+    pub ssl_config_file: Option<PathBuf>,
+
+    /// Longest a TLS handshake may take.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub tls_handshake_timeout_seconds: f64,
+
+    /// Tenants file (text maas.TenancyConfig): keys, client certificates, model allow-lists, roles
+    /// and limits. Without it every caller may use everything.
+    #[arg(long, alias = "tenant_config_file", value_name = "FILE")]
+    pub tenant_config_file: Option<PathBuf>,
+
+    /// Re-read --tenant-config-file every N seconds (0 = only at start and on SIGHUP).
+    #[arg(long, alias = "tenant_config_file_poll_wait_seconds", default_value_t = 10.0, value_name = "SECONDS")]
+    pub tenant_config_file_poll_wait_seconds: f64,
+
+    /// Usage records (JSON Lines, one per tenant, key, model, version and minute), appended when
+    /// each minute closes and at shutdown. Needs --tenant-config-file.
+    #[arg(long, alias = "usage_log_file", value_name = "FILE", requires = "tenant_config_file")]
+    pub usage_log_file: Option<PathBuf>,
+
     /// Models loaded at the same time.
     #[arg(long, alias = "num_load_threads", default_value_t = 1, value_name = "N")]
     pub num_load_threads: usize,
@@ -220,6 +281,10 @@ pub struct ServeConfig {
     /// The config file to re-read, and how often.
     pub model_config_file: Option<(PathBuf, Duration)>,
     pub reload_config_timeout: Duration,
+    /// TLS for every listener (None = plaintext).
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// Tenants (None = open to every caller).
+    pub tenancy: Option<crate::tenancy::TenancySettings>,
 }
 
 impl ServeConfig {
@@ -237,6 +302,8 @@ impl ServeConfig {
             drain_timeout: Duration::from_secs(30),
             model_config_file: None,
             reload_config_timeout: Duration::from_secs(60),
+            tls: None,
+            tenancy: None,
         }
     }
 }
@@ -364,7 +431,40 @@ impl ServeArgs {
                 _ => None,
             },
             reload_config_timeout: reload_timeout,
+            tls: self.tls_settings()?,
+            tenancy: match &self.tenant_config_file {
+                None => None,
+                Some(file) => Some(crate::tenancy::TenancySettings {
+                    file: file.clone(),
+                    poll: seconds("--tenant-config-file-poll-wait-seconds", self.tenant_config_file_poll_wait_seconds)?,
+                    usage_log: self.usage_log_file.clone(),
+                }),
+            },
         })
+    }
+
+    fn tls_settings(&self) -> Result<Option<crate::tls::TlsSettings>, String> {
+        use crate::tls::{TlsSettings, TlsSource};
+        let source = match (&self.tls_cert_file, &self.tls_key_file, &self.ssl_config_file) {
+            (Some(cert), Some(key), None) => {
+                TlsSource::Files { cert: cert.clone(), key: key.clone(), client_ca: self.tls_client_ca_file.clone() }
+            }
+            (None, None, Some(f)) => TlsSource::SslConfig(f.clone()),
+            (None, None, None) => {
+                if self.tls_client_auth.is_some() || self.tls_client_ca_file.is_some() {
+                    return Err(
+                        "--tls-client-auth and --tls-client-ca-file need --tls-cert-file and --tls-key-file".into()
+                    );
+                }
+                return Ok(None);
+            }
+            _ => return Err("give --tls-cert-file with --tls-key-file, or --ssl_config_file".into()),
+        };
+        Ok(Some(TlsSettings {
+            source,
+            client_auth: self.tls_client_auth,
+            handshake_timeout: seconds("--tls-handshake-timeout-seconds", self.tls_handshake_timeout_seconds)?,
+        }))
     }
 }
 

@@ -36,6 +36,16 @@ pub enum Error {
     /// ONNX Runtime failed while running a model.
     #[error("model '{model}' version {version}: ONNX Runtime failed to run: {message}")]
     Runtime { model: String, version: i64, message: String, invalid_input: bool },
+    /// Missing, unknown, malformed, expired or revoked credentials (one message for every case).
+    #[error("missing or invalid credentials")]
+    Unauthenticated,
+    /// An identified caller asked for something its role does not allow (names the API).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A tenant's rate or rows limit: RESOURCE_EXHAUSTED with `RetryInfo` and `QuotaFailure`
+    /// details, HTTP 429 with `Retry-After`.
+    #[error("{message}")]
+    RateLimited { limit: &'static str, message: String, retry_after: std::time::Duration },
     /// A bug or an unexpected failure of the server itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -53,7 +63,9 @@ impl Error {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unimplemented(_) => Code::Unimplemented,
-            Error::ResourceExhausted(_) | Error::TooLarge(_) => Code::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::TooLarge(_) | Error::RateLimited { .. } => Code::ResourceExhausted,
+            Error::Unauthenticated => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Runtime { invalid_input: true, .. } => Code::InvalidArgument,
             Error::Runtime { .. } | Error::Internal(_) => Code::Internal,
@@ -68,6 +80,8 @@ impl Error {
         match self.code() {
             Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
             Code::NotFound => 404,
+            Code::Unauthenticated => 401,
+            Code::PermissionDenied => 403,
             Code::ResourceExhausted => 429,
             Code::Unimplemented => 501,
             Code::Unavailable => 503,
@@ -87,6 +101,12 @@ impl From<Error> for Status {
             }
             msg.truncate(cut);
             msg.push_str("...TRUNCATED");
+        }
+        if let Error::RateLimited { limit, retry_after, .. } = &e {
+            use tonic_types::{ErrorDetails, StatusExt};
+            let mut details = ErrorDetails::with_retry_info(Some(*retry_after));
+            details.add_quota_failure_violation(*limit, msg.clone());
+            return Status::with_error_details(e.code(), msg, details);
         }
         Status::new(e.code(), msg)
     }

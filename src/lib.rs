@@ -19,7 +19,9 @@ pub mod repository;
 pub mod runtime;
 pub mod server;
 pub mod status_cli;
+pub mod tenancy;
 pub mod tensor;
+pub mod tls;
 
 pub use config::ServeConfig;
 pub use error::Error;

@@ -22,6 +22,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Keys(maas::config::KeysCommand::Generate(args)) => match keys_generate(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("maas keys generate: error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Bench(args) => match maas::bench::run(args) {
             Ok(true) => ExitCode::SUCCESS,
             // Some requests failed: the report says which.
@@ -47,6 +54,24 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Prints the token once (stdout, first line) and the line for the tenants file.
+fn keys_generate(args: &maas::config::KeysGenerateArgs) -> Result<(), String> {
+    if let Some(e) = &args.expires {
+        if maas::tenancy::config::parse_time(e).is_none() {
+            return Err(format!("--expires '{e}' is not an RFC 3339 time (e.g. 2027-06-30T00:00:00Z)"));
+        }
+    }
+    let (token, id, digest) = maas::tenancy::keys::generate(args.id.as_deref())?;
+    let expires = args.expires.as_ref().map(|e| format!(" expires: \"{e}\"")).unwrap_or_default();
+    println!("{token}");
+    println!(
+        "# tenant \"{}\": add to its tenants {{ ... }} block; the token above is shown only once\nkeys {{ id: \"{id}\" sha256: \"{}\"{expires} }}",
+        args.tenant,
+        digest.to_hex()
+    );
+    Ok(())
 }
 
 fn serve(args: maas::config::ServeArgs) -> Result<(), String> {

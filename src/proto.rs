@@ -29,4 +29,11 @@ pub mod maas {
     pub mod onnx {
         tonic::include_proto!("maas.onnx");
     }
+
+    /// Usage metering (`maas.usage.v1.UsageService`).
+    pub mod usage {
+        pub mod v1 {
+            tonic::include_proto!("maas.usage.v1");
+        }
+    }
 }

@@ -7,11 +7,10 @@ use crate::manager::ModelManager;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::tensorflow::serving::model_service_server::ModelServiceServer;
 use crate::proto::tensorflow::serving::prediction_service_server::PredictionServiceServer;
-use axum::serve::ListenerExt;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::server::NamedService;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -46,6 +45,16 @@ pub async fn serve(
     rest: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    // TLS and tenants are read and checked before anything is served: any problem is a start-up
+    // failure, never a plaintext or open fallback.
+    let tls = cfg.tls.clone().map(crate::tls::reload::TlsState::start).transpose()?;
+    let tenancy = cfg.tenancy.clone().map(crate::tenancy::Tenancy::start).transpose()?;
+    if tenancy.is_none() && listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+        tracing::warn!("no --tenant-config-file: every caller that reaches this non-loopback address may use every model and admin API");
+    }
+    let handshake_timeout = cfg.tls.as_ref().map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout);
+    let tls_watch = tls.clone().map(|t| tokio::spawn(t.watch()));
+    let tenancy_watch = tenancy.clone().map(|t| tokio::spawn(t.watch()));
     let manager = Arc::new(ModelManager::new(env, cfg.manager.clone(), cfg.source.clone()));
     let max_tensor_bytes = cfg.manager.runtime.max_tensor_bytes;
     let api = TfServing::new(Arc::clone(&manager), cfg.tensor_content_output, cfg.reload_config_timeout)
@@ -101,26 +110,24 @@ pub async fn serve(
         Some(rest_listener) => {
             let rest_addr = rest_listener.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(addr = %rest_addr, "maas REST server listening");
-            let router = crate::api::rest::router_with_limits(
+            let router = crate::api::rest::router_with_tenancy(
                 Arc::clone(&manager),
                 cfg.max_message_size_bytes,
                 max_tensor_bytes,
+                tenancy.clone(),
             );
+            let conns =
+                crate::tls::accept(rest_listener, tls.as_ref().map(|t| Arc::clone(&t.rest)), handshake_timeout, "REST");
+            let rest_listener = crate::tls::ConnListener::new(conns, rest_addr);
             let mut stop = stop_rx.clone();
             Some(tokio::spawn(async move {
                 let graceful = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                if let Err(e) = axum::serve(
-                    rest_listener.tap_io(|tcp| {
-                        if let Err(e) = tcp.set_nodelay(true) {
-                            tracing::warn!("cannot set TCP_NODELAY on a REST connection: {e}");
-                        }
-                    }),
-                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-                )
-                .with_graceful_shutdown(graceful)
-                .await
+                if let Err(e) =
+                    axum::serve(rest_listener, router.into_make_service_with_connect_info::<crate::tls::PeerInfo>())
+                        .with_graceful_shutdown(graceful)
+                        .await
                 {
                     tracing::error!("REST server error: {e}");
                 }
@@ -128,18 +135,24 @@ pub async fn serve(
         }
         None => None,
     };
-    // Nagle's algorithm off on every accepted connection: otherwise a reply larger than one segment
-    // waits for the client's delayed ACK (~40 ms).
-    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
-        conn.inspect(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!("cannot set TCP_NODELAY on a gRPC connection: {e}");
-            }
-        })
-    });
+    // Nagle's algorithm is off on every accepted connection (otherwise a reply larger than one
+    // segment waits for the client's delayed ACK, ~40 ms); TLS handshakes run in their own tasks.
+    let incoming = tokio_stream::StreamExt::map(
+        ReceiverStream::new(crate::tls::accept(
+            listener,
+            tls.as_ref().map(|t| Arc::clone(&t.grpc)),
+            handshake_timeout,
+            "gRPC",
+        )),
+        Ok::<_, std::io::Error>,
+    );
     let server = tonic::transport::Server::builder()
         .layer(crate::logging::grpc::GrpcRequestLayer)
+        .layer(crate::tenancy::auth::GrpcAuthLayer(tenancy.clone()))
         .add_service(health_service)
+        .add_service(crate::proto::maas::usage::v1::usage_service_server::UsageServiceServer::new(
+            crate::tenancy::UsageService,
+        ))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(prediction)
@@ -176,6 +189,13 @@ pub async fn serve(
     loader.abort();
     if let Some(p) = config_poller {
         p.abort();
+    }
+    for t in [tls_watch, tenancy_watch].into_iter().flatten() {
+        t.abort();
+    }
+    if let Some(t) = &tenancy {
+        // The open usage bucket is appended now: a SIGTERM loses nothing.
+        t.usage.flush(true);
     }
     tracing::info!("server stopped");
     result

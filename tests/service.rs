@@ -215,6 +215,7 @@ async fn reflection_lists_the_services_v1_and_v1alpha() {
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "inference.GRPCInferenceService",
+            "maas.usage.v1.UsageService",
             "tensorflow.serving.ModelService",
             "tensorflow.serving.PredictionService",
         ]

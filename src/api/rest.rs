@@ -52,6 +52,17 @@ struct TensorLimit(usize);
 /// Every REST route; request bodies larger than `max_body_bytes` are refused with 413, and so are
 /// requests whose parsed JSON or decoded inputs would take more than `max_tensor_bytes`.
 pub fn router_with_limits(manager: Arc<ModelManager>, max_body_bytes: usize, max_tensor_bytes: usize) -> Router {
+    router_with_tenancy(manager, max_body_bytes, max_tensor_bytes, None)
+}
+
+/// [`router_with_limits`] behind the tenancy middleware (authentication before any body is read;
+/// a pass-through when `tenancy` is `None`).
+pub fn router_with_tenancy(
+    manager: Arc<ModelManager>,
+    max_body_bytes: usize,
+    max_tensor_bytes: usize,
+    tenancy: Option<Arc<crate::tenancy::Tenancy>>,
+) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -62,6 +73,7 @@ pub fn router_with_limits(manager: Arc<ModelManager>, max_body_bytes: usize, max
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(TensorLimit(max_tensor_bytes)))
+        .layer(axum::middleware::from_fn_with_state(tenancy, crate::tenancy::auth::rest_layer))
         .layer(axum::middleware::from_fn(crate::logging::rest::rest_request_middleware))
         .with_state(manager)
 }
@@ -109,11 +121,14 @@ fn error_body(message: &str) -> String {
 }
 
 /// `{"error": "<message>"}` with the status of `e`; the message is cut like the gRPC one.
-fn error_response(e: &Error) -> Response {
+pub(crate) fn error_response(e: &Error) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let message = tonic::Status::from(e.clone()).message().to_string();
     tracing::debug!(status = status.as_u16(), "REST request failed: {message}");
-    json_response(status, error_body(&message))
+    crate::tenancy::note_code(e.code());
+    let mut r = json_response(status, error_body(&message));
+    crate::tenancy::auth::rest_headers(e, r.headers_mut());
+    r
 }
 
 /// A JSON response, or the error one.

@@ -90,10 +90,7 @@ where
         let id_value = ids.header_value();
         req.extensions_mut().insert(RequestId(ids.request_id));
         let record = access::enabled().then(|| {
-            let peer = req
-                .extensions()
-                .get::<tonic::transport::server::TcpConnectInfo>()
-                .and_then(tonic::transport::server::TcpConnectInfo::remote_addr);
+            let peer = req.extensions().get::<crate::tls::PeerInfo>().and_then(|p| p.remote);
             let mut r = AccessRecord::new(span.clone(), "grpc", grpc_method(req.uri().path()).to_string(), peer);
             r.deadline = deadline(req.headers());
             r

@@ -7,7 +7,6 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use std::net::SocketAddr;
 use tracing::Instrument;
 
 /// Add with `router.layer(axum::middleware::from_fn(rest_request_middleware))`.
@@ -17,7 +16,7 @@ pub async fn rest_request_middleware(mut req: Request, next: Next) -> Response {
     let id_value = ids.header_value();
     req.extensions_mut().insert(RequestId(ids.request_id));
     let record = access::enabled().then(|| {
-        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        let peer = req.extensions().get::<ConnectInfo<crate::tls::PeerInfo>>().and_then(|c| c.0.remote);
         let (api, model) = rest_api(req.method(), req.uri().path());
         let mut r = AccessRecord::new(span.clone(), "rest", api.to_string(), peer);
         r.path_model = model;

@@ -96,11 +96,21 @@ impl ModelManager {
     pub fn resolve(&self, model: &str, selector: &VersionSelector) -> Result<Arc<Servable>, Error> {
         crate::logging::note_model(model);
         let table = self.table.load();
-        let Some(m) = table.models.get(model) else {
-            let mut known: Vec<&str> = table.models.keys().map(String::as_str).collect();
+        // A model outside the caller's allow-list is answered exactly like a missing one.
+        let Some(m) = table.models.get(model).filter(|_| crate::tenancy::visible(model)) else {
+            let mut known: Vec<&str> =
+                table.models.keys().map(String::as_str).filter(|n| crate::tenancy::visible(n)).collect();
             known.sort_unstable();
             return Err(Error::ModelNotFound { model: model.to_string(), known: known.join(", ") });
         };
+        let found = self.resolve_in(m, model, selector);
+        if let Ok(s) = &found {
+            crate::tenancy::note_resolved(&s.model, s.version);
+        }
+        found
+    }
+
+    fn resolve_in(&self, m: &ServingModel, model: &str, selector: &VersionSelector) -> Result<Arc<Servable>, Error> {
         let (version, via) = match selector {
             VersionSelector::Latest => match m.versions.values().next_back() {
                 Some(s) => return Ok(Arc::clone(s)),
@@ -162,8 +172,9 @@ impl ModelManager {
     pub fn status(&self, model: &str, version: Option<i64>) -> Result<Vec<(i64, VersionStatus)>, Error> {
         crate::logging::note_model(model);
         let state = self.lock();
-        let Some(rec) = state.models.get(model) else {
-            let known: Vec<&str> = state.models.keys().map(String::as_str).collect();
+        let Some(rec) = state.models.get(model).filter(|_| crate::tenancy::visible(model)) else {
+            let known: Vec<&str> =
+                state.models.keys().map(String::as_str).filter(|n| crate::tenancy::visible(n)).collect();
             return Err(Error::ModelNotFound { model: model.to_string(), known: known.join(", ") });
         };
         match version {
@@ -186,8 +197,9 @@ impl ModelManager {
     /// Every version of a model with how it was loaded, for the status route.
     pub fn details(&self, model: &str) -> Result<ModelDetails, Error> {
         let state = self.lock();
-        let Some(rec) = state.models.get(model) else {
-            let known: Vec<&str> = state.models.keys().map(String::as_str).collect();
+        let Some(rec) = state.models.get(model).filter(|_| crate::tenancy::visible(model)) else {
+            let known: Vec<&str> =
+                state.models.keys().map(String::as_str).filter(|n| crate::tenancy::visible(n)).collect();
             return Err(Error::ModelNotFound { model: model.to_string(), known: known.join(", ") });
         };
         Ok(ModelDetails {
@@ -234,7 +246,7 @@ impl ModelManager {
         table
             .models
             .iter()
-            .filter(|(n, _)| model.is_none_or(|m| m == n.as_str()))
+            .filter(|(n, _)| model.is_none_or(|m| m == n.as_str()) && crate::tenancy::visible(n))
             .flat_map(|(_, m)| m.versions.values().cloned())
             .collect()
     }

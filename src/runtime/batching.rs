@@ -328,8 +328,14 @@ fn run_batch(servable: &Servable, cfg: &BatchingConfig, padding: &Padding, sessi
     }
     let rows: usize = live.iter().map(|t| t.rows).sum();
     let run_rows = cfg.padded_rows(rows);
+    let run_start = Instant::now();
+    let mut ran = Duration::ZERO;
     let result = merge(servable, padding, &live, run_rows)
-        .and_then(|req| servable.run_on_session(session, &req))
+        .and_then(|req| {
+            let r = servable.run_on_session(session, &req);
+            ran = run_start.elapsed();
+            r
+        })
         .and_then(|resp| {
             let tasks: Vec<(usize, &[Tensor])> = live.iter().map(|t| (t.rows, &t.inputs[..])).collect();
             split(&servable.what(), &servable.signature.inputs, padding, resp, &tasks, run_rows)
@@ -337,7 +343,13 @@ fn run_batch(servable: &Servable, cfg: &BatchingConfig, padding: &Padding, sessi
     match result {
         Ok(parts) => {
             for (t, outputs) in live.into_iter().zip(parts) {
-                let answer = select(servable, outputs, &t.outputs);
+                // The batch's run time is split across its requests by rows.
+                let share = ran.mul_f64(t.rows as f64 / rows.max(1) as f64);
+                let queue = run_start.saturating_duration_since(t.started);
+                let answer = select(servable, outputs, &t.outputs).map(|mut r| {
+                    r.timing = crate::tensor::Timing { queue, compute: share };
+                    r
+                });
                 finish(servable, t, answer);
             }
         }
@@ -433,7 +445,7 @@ fn split(
 /// The outputs a request asked for, in its order (all, in model order, when it named none).
 fn select(servable: &Servable, mut outputs: Vec<(String, Tensor)>, wanted: &[String]) -> Result<InferResponse, Error> {
     if wanted.is_empty() {
-        return Ok(InferResponse { outputs });
+        return Ok(InferResponse { outputs, timing: Default::default() });
     }
     let mut picked = Vec::with_capacity(wanted.len());
     for name in wanted {
@@ -442,7 +454,7 @@ fn select(servable: &Servable, mut outputs: Vec<(String, Tensor)>, wanted: &[Str
         })?;
         picked.push(outputs.swap_remove(at));
     }
-    Ok(InferResponse { outputs: picked })
+    Ok(InferResponse { outputs: picked, timing: Default::default() })
 }
 
 #[cfg(test)]
@@ -497,6 +509,7 @@ mod tests {
         let hidden: Vec<f32> = (0..24).map(|i| i as f32).collect();
         let ids = [1i64, 2, 0, 3, 4, 5, 6, 7, 8, 9, 0, 0];
         let out = |hidden: Tensor| InferResponse {
+            timing: Default::default(),
             outputs: vec![
                 ("hidden".into(), hidden),
                 ("ids".into(), tensor(DType::I64, &[4, 3], &ids)),

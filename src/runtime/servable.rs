@@ -342,6 +342,22 @@ impl Servable {
             self.stats.record(false, started.elapsed());
             return Err(e);
         }
+        // The tenant's per-model limits and rows (no-op without tenancy).
+        crate::tenancy::admit_inference(&self.model, self.version, &req)?;
+        let result = self.infer_admitted(req, deadline, started, admitted).await;
+        if let Ok(r) = &result {
+            crate::tenancy::note_response(r);
+        }
+        result
+    }
+
+    async fn infer_admitted(
+        self: &Arc<Self>,
+        req: InferRequest,
+        deadline: Option<Instant>,
+        started: Instant,
+        admitted: InFlight,
+    ) -> Result<InferResponse, Error> {
         if let Some(batcher) = &self.batcher {
             let answer = match batcher.submit(self, req, deadline, started, admitted) {
                 Ok(answer) => answer,
@@ -374,7 +390,16 @@ impl Servable {
                     this.what(),
                     started.elapsed().as_millis()
                 ))),
-                _ => this.run_blocking(&req),
+                _ => {
+                    let run_start = Instant::now();
+                    this.run_blocking(&req).map(|mut r| {
+                        r.timing = crate::tensor::Timing {
+                            queue: run_start.saturating_duration_since(started),
+                            compute: run_start.elapsed(),
+                        };
+                        r
+                    })
+                }
             };
             drop(permit);
             this.stats.record(result.is_ok(), started.elapsed());
@@ -454,7 +479,7 @@ impl Servable {
             let tensor = from_output(name, value).map_err(Error::Internal)?;
             result.push((name.to_string(), tensor));
         }
-        Ok(InferResponse { outputs: result })
+        Ok(InferResponse { outputs: result, timing: Default::default() })
     }
 
     /// Runs a validated request on session `i` of the pool for warmup, before the version serves.

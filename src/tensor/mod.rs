@@ -230,6 +230,16 @@ pub struct InferRequest {
 #[derive(Debug, Clone, Default)]
 pub struct InferResponse {
     pub outputs: Vec<(String, Tensor)>,
+    /// Where the time went (usage metering).
+    pub timing: Timing,
+}
+
+/// Time a request spent waiting for a session or batch, and its share of ONNX Runtime's run time
+/// (a batch's run split across its requests by rows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timing {
+    pub queue: std::time::Duration,
+    pub compute: std::time::Duration,
 }
 
 #[cfg(test)]

@@ -14,7 +14,19 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 pub fn routes() -> Router<Arc<ModelManager>> {
-    Router::new().route("/maas/v1/models/{model}", get(model_details))
+    Router::new().route("/maas/v1/models/{model}", get(model_details)).route("/maas/v1/usage", get(usage))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct UsageQuery {
+    #[serde(default)]
+    tenant: String,
+}
+
+/// `GET /maas/v1/usage[?tenant=NAME]`: the caller's usage since start (an ADMIN: any tenant, or all).
+async fn usage(q: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+    let tenant = q.map(|q| q.0.tenant).unwrap_or_default();
+    respond(crate::tenancy::usage_for(&tenant).map(|t| crate::tenancy::usage::totals_json(&t)))
 }
 
 async fn model_details(State(m): Mgr, Path(model): Path<String>) -> Response {

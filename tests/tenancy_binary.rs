@@ -1,0 +1,231 @@
+//! The real `maas` binary with TLS and tenants: Python grpcio and tritonclient, curl, SIGHUP reload,
+//! usage (REST, GetUsage and the usage log after SIGTERM agree exactly), and no secret in any log.
+mod common;
+#[path = "common/pki.rs"]
+mod pki;
+
+use common::*;
+use maas::proto::maas::usage::v1::{usage_service_client::UsageServiceClient, GetUsageRequest};
+use maas::proto::tensorflow::serving::prediction_service_client::PredictionServiceClient;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn auth<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl").args(["-sS", "-o", "-", "-w", "\n%{http_code}"]).args(args).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    let code = code.parse().unwrap_or(0);
+    if code == 0 {
+        return (0, String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    (code, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_clients_sighup_usage_log_and_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki::Pki::new(dir.path());
+    let (acme, k1) = pki::key("acmekey001", None);
+    let (acme2, k2) = pki::key("acmekey002", None);
+    let (ops, ko) = pki::key("opskey0001", None);
+    let file = dir.path().join("tenants.pbtxt");
+    let tenants = |extra: &str| {
+        format!(
+            "tenants {{ name: \"acme\" models: \"numbers_classifier\" {k1} {extra} }}\n\
+             tenants {{ name: \"ops\" role: ADMIN models: \"*\" {ko} }}\n"
+        )
+    };
+    std::fs::write(&file, tenants(&k2)).unwrap();
+    let usage_log = dir.path().join("usage.jsonl");
+    let (port, rest_port) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_maas"))
+        .env("RUST_LOG", "trace")
+        .args(["serve", "--model-repository"])
+        .arg(bundled())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--rest-api-port", &rest_port.to_string()])
+        .arg("--tls-cert-file")
+        .arg(&pki.server_cert)
+        .arg("--tls-key-file")
+        .arg(&pki.server_key)
+        .arg("--tenant-config-file")
+        .arg(&file)
+        .args(["--tenant-config-file-poll-wait-seconds", "0", "--access-log"])
+        .arg("--usage-log-file")
+        .arg(&usage_log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut { stderr }, &mut s).unwrap();
+        s
+    });
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&pki.ca_pem)).domain_name("localhost");
+    let url = format!("https://127.0.0.1:{port}");
+    let ch: Channel = wait_for(60, "the TLS port", || {
+        let (url, tls) = (url.clone(), tls.clone());
+        async move {
+            let ch = Channel::from_shared(url).unwrap().tls_config(tls).unwrap().connect().await.ok()?;
+            let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+            let r = h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.ok()?;
+            (r.into_inner().status() == tonic_health::pb::health_check_response::ServingStatus::Serving).then_some(ch)
+        }
+    })
+    .await;
+    let mut tf = PredictionServiceClient::new(ch.clone());
+
+    // A known mix: 3 OK Predicts (1 + 2 + 3 rows), 1 INVALID_ARGUMENT, curl v2 REST (4 rows).
+    for rows in 1..=3 {
+        tf.predict(auth(predict_req("numbers_classifier", None, vec![("x", classifier_input(rows, rows))]), &acme))
+            .await
+            .unwrap();
+    }
+    let bad = predict_req("numbers_classifier", None, vec![("nope", classifier_input(1, 0))]);
+    assert_eq!(tf.predict(auth(bad, &acme2)).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let ca = pki.ca.to_str().unwrap();
+    let body = json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 8], "data": vec![0.25f32; 32]}]});
+    let infer_url = format!("https://127.0.0.1:{rest_port}/v2/models/numbers_classifier/infer");
+    let bearer = format!("Authorization: Bearer {acme}");
+    let (code, out) = curl(&[
+        "--cacert",
+        ca,
+        "-H",
+        &bearer,
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &body.to_string(),
+        &infer_url,
+    ]);
+    assert_eq!(code, 200, "{out}");
+    let (code, out) = curl(&["-i", "--cacert", ca, "-d", &body.to_string(), &infer_url]);
+    assert_eq!(code, 401);
+    assert!(out.contains("www-authenticate: Bearer realm=\"maas\""), "{out}");
+    assert!(out.ends_with("{\"error\":\"missing or invalid credentials\"}"), "{out}");
+    // Plain HTTP against the TLS REST port fails; the server keeps serving.
+    let (code, _) = curl(&[&format!("http://127.0.0.1:{rest_port}/healthz")]);
+    assert_ne!(code, 200);
+
+    // Python grpcio and tritonclient over TLS with a bearer token (2 Predict rows + 2 infer rows).
+    let python = repo_root().join(".venv/bin/python");
+    let out = tokio::process::Command::new(&python)
+        .arg(repo_root().join("tests/python/tls_clients.py"))
+        .args(["--grpc", &format!("127.0.0.1:{port}"), "--ca", ca, "--token", &acme])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "tls_clients.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let py: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(py["denied"], "UNAUTHENTICATED");
+    assert_eq!(py["denied_message"], "missing or invalid credentials");
+    assert_eq!(py["triton_ready"], true);
+    assert_eq!(py["grpcio_outputs"], py["triton_outputs"]);
+
+    // SIGHUP: the removed key fails within a second.
+    std::fs::write(&file, tenants("")).unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    wait_for(2, "acmekey002 refused after SIGHUP", || {
+        let mut tf = tf.clone();
+        let t = acme2.clone();
+        async move {
+            let r = tf.predict(auth(predict_req("numbers_classifier", None, vec![("x", classifier_input(1, 0))]), &t));
+            r.await.is_err_and(|e| e.code() == tonic::Code::Unauthenticated).then_some(())
+        }
+    })
+    .await;
+
+    // Usage: REST (curl) and GetUsage agree; then SIGTERM and the usage log agrees too.
+    let (code, rest_usage) = curl(&[
+        "--cacert",
+        ca,
+        "-H",
+        &format!("x-api-key: {ops}"),
+        &format!("https://127.0.0.1:{rest_port}/maas/v1/usage"),
+    ]);
+    assert_eq!(code, 200);
+    let rest_usage: Value = serde_json::from_str(&rest_usage).unwrap();
+    let g = UsageServiceClient::new(ch.clone())
+        .get_usage(auth(GetUsageRequest::default(), &ops))
+        .await
+        .unwrap()
+        .into_inner();
+    let acme_grpc = &g.tenants[0];
+    assert_eq!(acme_grpc.tenant, "acme");
+    let m = &acme_grpc.models[0];
+    assert_eq!(m.requests, [("OK".to_string(), 6), ("INVALID_ARGUMENT".to_string(), 1)].into_iter().collect());
+    // The INVALID_ARGUMENT request never reached the rows count.
+    assert_eq!(m.rows, 1 + 2 + 3 + 4 + 2 + 2);
+    assert_eq!(m.request_bytes, (1 + 2 + 3 + 4 + 2 + 2) * 8 * 4);
+    let r = &rest_usage["tenants"][0]["models"][0];
+    assert_eq!(r["rows"], m.rows);
+    assert_eq!(r["request_bytes"], m.request_bytes);
+    assert_eq!(r["response_bytes"], m.response_bytes);
+    assert_eq!(r["compute_seconds"].as_f64().unwrap(), m.compute_seconds);
+    assert_eq!(r["queue_seconds"].as_f64().unwrap(), m.queue_seconds);
+    assert_eq!(r["requests"], json!({"OK": 6, "INVALID_ARGUMENT": 1}));
+    drop((tf, ch));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let logs = logs.join().unwrap();
+
+    let log_text = std::fs::read_to_string(&usage_log).unwrap();
+    let mut sum: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut requests: BTreeMap<String, u64> = BTreeMap::new();
+    let mut keys = Vec::new();
+    let records: Vec<Value> = log_text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for rec in &records {
+        assert_eq!(
+            (rec["tenant"].as_str(), rec["model"].as_str(), rec["version"].as_str()),
+            (Some("acme"), Some("numbers_classifier"), Some("2"))
+        );
+        keys.push(rec["key_id"].as_str().unwrap().to_string());
+        for f in ["rows", "request_bytes", "response_bytes", "compute_seconds", "queue_seconds"] {
+            *sum.entry(f).or_default() += rec[f].as_f64().unwrap();
+        }
+        for (c, n) in rec["requests"].as_object().unwrap() {
+            *requests.entry(c.clone()).or_default() += n.as_u64().unwrap();
+        }
+        assert!(rec["start"].as_str().unwrap().ends_with(":00Z") && rec["end"].as_str().unwrap().ends_with(":00Z"));
+    }
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys, ["acmekey001", "acmekey002"]);
+    assert_eq!(requests, m.requests.clone().into_iter().collect::<BTreeMap<_, _>>());
+    assert_eq!(sum["rows"], m.rows as f64);
+    assert_eq!(sum["request_bytes"], m.request_bytes as f64);
+    assert_eq!(sum["response_bytes"], m.response_bytes as f64);
+    assert!((sum["compute_seconds"] - m.compute_seconds).abs() < 1e-9);
+    assert!((sum["queue_seconds"] - m.queue_seconds).abs() < 1e-9);
+
+    // No secret anywhere: tokens, digests, the private key.
+    assert!(logs.contains("TRACE"), "trace logging was on");
+    assert!(logs.contains("maas::access"), "the access log was on");
+    let key_body: String = pki.server_key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    for token in [&acme, &acme2, &ops] {
+        let digest = maas::tenancy::keys::Digest::of(token.as_bytes()).to_hex();
+        let secret = token.rsplit('_').next().unwrap();
+        for (what, text) in [("logs", &logs), ("usage log", &log_text)] {
+            assert!(!text.contains(secret), "a token secret is in the {what}");
+            assert!(!text.contains(&digest), "a token digest is in the {what}");
+        }
+    }
+    for line in pki.server_key_pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!logs.contains(line), "the private key is in the logs");
+    }
+    assert!(!key_body.is_empty());
+}
