@@ -39,6 +39,7 @@ fn per_request(c: &mut Criterion) {
     let resp = InferResponse {
         outputs: vec![("y".into(), x)],
         timing: Timing { queue: Duration::from_micros(3), compute: Duration::from_micros(40) },
+        ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     c.bench_function("auth_limits_metering_per_request", |b| {

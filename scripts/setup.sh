@@ -2,7 +2,9 @@
 # Fetches everything maas needs that is not a Rust crate, idempotently:
 #   - ONNX Runtime 1.31.1 (libonnxruntime.so) from the PyPI wheel `onnxruntime==1.31.1`, into .ort/
 #   - a Python virtualenv (.venv) with grpcio/protobuf for the Python client example and tests
-# Only PyPI is contacted (via pip). Set MAAS_SKIP_VENV=1 to skip the virtualenv.
+#   - promtool from Debian's `prometheus` package (apt-get download), into .tools/prometheus
+# Only PyPI (via pip) and Debian's archive (via apt) are contacted. Set MAAS_SKIP_VENV=1 to skip the
+# virtualenv, MAAS_SKIP_PROMTOOL=1 to skip promtool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,4 +46,29 @@ if [ "${MAAS_SKIP_VENV:-0}" != 1 ] && [ "$(cat .venv/.maas-ready 2>/dev/null)" !
   .venv/bin/pip install --quiet --disable-pip-version-check --upgrade --no-deps --target .venv/isolated \
     -r scripts/requirements-isolated.txt
   echo "$want" > .venv/.maas-ready
+fi
+
+# promtool (`promtool check metrics`, used by tests/metrics.rs) from Debian's `prometheus` package,
+# unpacked into .tools/prometheus without installing it (no root needed when apt's lists are there;
+# as root, the lists are fetched first if apt cannot find the package). Set MAAS_SKIP_PROMTOOL=1 to skip.
+PROMTOOL=.tools/prometheus/usr/bin/promtool
+if [ "${MAAS_SKIP_PROMTOOL:-0}" != 1 ] && [ ! -x "$PROMTOOL" ]; then
+  echo "setup: fetching promtool (Debian package prometheus) into .tools/prometheus" >&2
+  debdir=$(mktemp -d)
+  if ! (cd "$debdir" && apt-get download prometheus >/dev/null 2>&1); then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq >/dev/null
+      (cd "$debdir" && apt-get download prometheus >/dev/null 2>&1)
+    else
+      echo "setup: apt-get download prometheus failed; run 'apt-get update' as root, or set MAAS_SKIP_PROMTOOL=1" >&2
+      rm -rf "$debdir"
+      exit 1
+    fi
+  fi
+  mkdir -p .tools && rm -rf .tools/prometheus.part
+  dpkg-deb -x "$debdir"/prometheus_*.deb .tools/prometheus.part
+  rm -rf "$debdir" .tools/prometheus .tools/prometheus.part/usr/bin/prometheus
+  mv .tools/prometheus.part .tools/prometheus
+  "$PROMTOOL" --version >/dev/null
+  echo "setup: promtool at $PROMTOOL" >&2
 fi

@@ -268,6 +268,16 @@ pub struct ServeArgs {
     /// model, version, status, rows, bytes in/out, duration, peer. Never tensor contents or headers.
     #[arg(long, alias = "access_log")]
     pub access_log: bool,
+
+    /// TF Serving MonitoringConfig (text format): `prometheus_config { enable: true path: "..." }`
+    /// also serves the Prometheus metrics at that path (default /monitoring/prometheus/metrics) on
+    /// the REST port. /metrics is always served.
+    #[arg(long, alias = "monitoring_config_file", value_name = "FILE")]
+    pub monitoring_config_file: Option<PathBuf>,
+
+    /// Also serve the Prometheus metrics on this port, on its own listener (0 = off).
+    #[arg(long, alias = "metrics_port", default_value_t = 0, value_name = "PORT")]
+    pub metrics_port: u16,
 }
 
 /// Everything `server::serve` needs, already validated.
@@ -285,6 +295,8 @@ pub struct ServeConfig {
     pub tls: Option<crate::tls::TlsSettings>,
     /// Tenants (None = open to every caller).
     pub tenancy: Option<crate::tenancy::TenancySettings>,
+    /// Where `--monitoring-config-file` also serves the metrics (besides /metrics).
+    pub monitoring_path: Option<String>,
 }
 
 impl ServeConfig {
@@ -304,6 +316,7 @@ impl ServeConfig {
             reload_config_timeout: Duration::from_secs(60),
             tls: None,
             tenancy: None,
+            monitoring_path: None,
         }
     }
 }
@@ -439,6 +452,10 @@ impl ServeArgs {
                     poll: seconds("--tenant-config-file-poll-wait-seconds", self.tenant_config_file_poll_wait_seconds)?,
                     usage_log: self.usage_log_file.clone(),
                 }),
+            },
+            monitoring_path: match &self.monitoring_config_file {
+                Some(f) => crate::metrics::http::read_monitoring_config(f)?,
+                None => None,
             },
         })
     }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod logging;
 pub mod manager;
+pub mod metrics;
 pub mod optimize;
 pub mod proto;
 pub mod repository;

@@ -98,7 +98,20 @@ fn serve(args: maas::config::ServeArgs) -> Result<(), String> {
                 .map_err(|e| format!("cannot listen on {rest_addr} (--rest-api-port; 0 turns REST off): {e}"))?;
             Some(l)
         };
-        maas::server::serve(cfg, env, listener, rest, shutdown_signal()).await
+        let metrics = match args.metrics_port {
+            0 => None,
+            p if p == args.port || p == args.rest_api_port => {
+                return Err(format!("--metrics-port must differ from --port and --rest-api-port (got {p})"))
+            }
+            p => {
+                let metrics_addr = format!("{}:{p}", args.host);
+                let l = tokio::net::TcpListener::bind(&metrics_addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {metrics_addr} (--metrics-port; 0 turns it off): {e}"))?;
+                Some(l)
+            }
+        };
+        maas::server::serve_with_metrics(cfg, env, listener, rest, metrics, shutdown_signal()).await
     })
 }
 

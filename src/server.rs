@@ -45,6 +45,18 @@ pub async fn serve(
     rest: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    serve_with_metrics(cfg, env, listener, rest, None, shutdown).await
+}
+
+/// Like [`serve`], also serving the Prometheus metrics on `metrics` (`--metrics-port`).
+pub async fn serve_with_metrics(
+    cfg: ServeConfig,
+    env: &'static ort::environment::Environment,
+    listener: TcpListener,
+    rest: Option<TcpListener>,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     // TLS and tenants are read and checked before anything is served: any problem is a start-up
     // failure, never a plaintext or open fallback.
     let tls = cfg.tls.clone().map(crate::tls::reload::TlsState::start).transpose()?;
@@ -116,6 +128,7 @@ pub async fn serve(
                 max_tensor_bytes,
                 tenancy.clone(),
             );
+            let router = crate::metrics::http::with_path(router, &manager, cfg.monitoring_path.as_deref());
             let conns =
                 crate::tls::accept(rest_listener, tls.as_ref().map(|t| Arc::clone(&t.rest)), handshake_timeout, "REST");
             let rest_listener = crate::tls::ConnListener::new(conns, rest_addr);
@@ -130,6 +143,23 @@ pub async fn serve(
                         .await
                 {
                     tracing::error!("REST server error: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
+    let metrics_task = match metrics {
+        Some(l) => {
+            let addr = l.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(%addr, "maas metrics server listening");
+            let router = crate::metrics::http::metrics_router(&manager, cfg.monitoring_path.as_deref());
+            let mut stop = stop_rx.clone();
+            let graceful = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, router).with_graceful_shutdown(graceful).await {
+                    tracing::error!("metrics server error: {e}");
                 }
             }))
         }
@@ -184,6 +214,9 @@ pub async fn serve(
     };
     if let Some(t) = rest_task {
         // Bounded like the gRPC drain.
+        let _ = tokio::time::timeout(cfg.drain_timeout, t).await;
+    }
+    if let Some(t) = metrics_task {
         let _ = tokio::time::timeout(cfg.drain_timeout, t).await;
     }
     loader.abort();

@@ -5,6 +5,7 @@ use super::v2_tensor;
 use super::v2_types::dtype_to_v2;
 use crate::error::Error;
 use crate::manager::{ModelManager, VersionSelector, VersionState};
+use crate::metrics::{Api, Call};
 use crate::proto::inference::{
     self as pb, grpc_inference_service_server::GrpcInferenceService, infer_parameter::ParameterChoice,
     model_infer_response::InferOutputTensor, model_metadata_response::TensorMetadata,
@@ -114,86 +115,9 @@ impl GrpcInferenceService for KServeGrpc {
 
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
         let deadline = super::grpc_deadline(r.metadata());
-        let r = r.into_inner();
-        let servable = self.manager.resolve(&r.model_name, &selector(&r.model_version)?)?;
-        let ctx = format!("model '{}' version {}", servable.model, servable.version);
-        let typed_output = match r.parameters.get(BINARY_OUTPUT_PARAM).and_then(|p| p.parameter_choice.as_ref()) {
-            None => false,
-            Some(ParameterChoice::BoolParam(b)) => !b,
-            Some(other) => {
-                return Err(Error::InvalidArgument(format!(
-                    "parameter '{BINARY_OUTPUT_PARAM}' must be a bool_param, got {other:?}"
-                ))
-                .into())
-            }
-        };
-        let use_raw = !r.raw_input_contents.is_empty();
-        if use_raw && r.raw_input_contents.len() != r.inputs.len() {
-            return Err(Error::InvalidArgument(format!(
-                "{ctx}: raw_input_contents has {} entries but the request has {} inputs; give one per input, in order",
-                r.raw_input_contents.len(),
-                r.inputs.len()
-            ))
-            .into());
-        }
-        let mut raws = r.raw_input_contents.into_iter();
-        let mut inputs = Vec::with_capacity(r.inputs.len());
-        let mut budget = Budget::new(self.max_tensor_bytes);
-        for input in r.inputs {
-            let dtype = v2_tensor::parse_datatype(&ctx, &input.name, &input.datatype)?;
-            let tensor = match (use_raw, input.contents) {
-                (true, Some(_)) => {
-                    return Err(Error::InvalidArgument(format!(
-                    "{ctx}: input '{}' sets contents although raw_input_contents is used; use one form for all inputs",
-                    input.name
-                ))
-                    .into())
-                }
-                (true, None) => {
-                    let raw = raws.next().unwrap_or_default();
-                    v2_tensor::decode_raw(&ctx, &input.name, dtype, input.shape, raw, &mut budget)?
-                }
-                (false, contents) => {
-                    let contents = contents.unwrap_or_default();
-                    v2_tensor::decode_typed(&ctx, &input.name, dtype, input.shape, contents, &mut budget)?
-                }
-            };
-            inputs.push((input.name, tensor));
-        }
-        let wanted: Vec<String> = r.outputs.into_iter().map(|o| o.name).collect();
-        let response = servable.infer_before(InferRequest { inputs, outputs: wanted }, deadline).await?;
-        let mut outputs = Vec::with_capacity(response.outputs.len());
-        let mut raw_output_contents = Vec::new();
-        for (name, t) in response.outputs {
-            let mut out = InferOutputTensor {
-                name,
-                datatype: dtype_to_v2(t.dtype).to_string(),
-                shape: t.shape.clone(),
-                parameters: HashMap::new(),
-                contents: None,
-            };
-            if typed_output {
-                let dtype = t.dtype;
-                out.contents = Some(v2_tensor::encode_typed(t).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "{ctx}: output '{}' is {}, which has no typed contents field; do not set {BINARY_OUTPUT_PARAM}=false",
-                        out.name,
-                        dtype_to_v2(dtype)
-                    ))
-                })?);
-            } else {
-                raw_output_contents.push(v2_tensor::encode_raw(t));
-            }
-            outputs.push(out);
-        }
-        Ok(Response::new(pb::ModelInferResponse {
-            model_name: servable.model.clone(),
-            model_version: servable.version.to_string(),
-            id: r.id,
-            parameters: HashMap::new(),
-            outputs,
-            raw_output_contents,
-        }))
+        let mut call = Call::start(self.manager.metrics(), Api::ModelInfer).with_deadline(deadline);
+        let result = self.model_infer_with(r, &mut call).await;
+        call.finish(result).map_err(Status::from)
     }
 
     async fn model_statistics(
@@ -298,5 +222,94 @@ impl GrpcInferenceService for KServeGrpc {
         let r = r.into_inner();
         self.manager.unload_model(&r.model_name).await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+impl KServeGrpc {
+    /// ModelInfer, measured by `call`.
+    async fn model_infer_with(
+        &self,
+        r: Request<pb::ModelInferRequest>,
+        call: &mut Call<'_>,
+    ) -> Result<Response<pb::ModelInferResponse>, Error> {
+        let deadline = super::grpc_deadline(r.metadata());
+        let r = r.into_inner();
+        let servable = self.manager.resolve(&r.model_name, &selector(&r.model_version)?)?;
+        call.servable(&servable);
+        let ctx = format!("model '{}' version {}", servable.model, servable.version);
+        let typed_output = match r.parameters.get(BINARY_OUTPUT_PARAM).and_then(|p| p.parameter_choice.as_ref()) {
+            None => false,
+            Some(ParameterChoice::BoolParam(b)) => !b,
+            Some(other) => {
+                return Err(Error::InvalidArgument(format!(
+                    "parameter '{BINARY_OUTPUT_PARAM}' must be a bool_param, got {other:?}"
+                )))
+            }
+        };
+        let use_raw = !r.raw_input_contents.is_empty();
+        if use_raw && r.raw_input_contents.len() != r.inputs.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{ctx}: raw_input_contents has {} entries but the request has {} inputs; give one per input, in order",
+                r.raw_input_contents.len(),
+                r.inputs.len()
+            )));
+        }
+        let mut raws = r.raw_input_contents.into_iter();
+        let mut inputs = Vec::with_capacity(r.inputs.len());
+        let mut budget = Budget::new(self.max_tensor_bytes);
+        for input in r.inputs {
+            let dtype = v2_tensor::parse_datatype(&ctx, &input.name, &input.datatype)?;
+            let tensor = match (use_raw, input.contents) {
+                (true, Some(_)) => {
+                    return Err(Error::InvalidArgument(format!(
+                    "{ctx}: input '{}' sets contents although raw_input_contents is used; use one form for all inputs",
+                    input.name
+                )))
+                }
+                (true, None) => {
+                    let raw = raws.next().unwrap_or_default();
+                    v2_tensor::decode_raw(&ctx, &input.name, dtype, input.shape, raw, &mut budget)?
+                }
+                (false, contents) => {
+                    let contents = contents.unwrap_or_default();
+                    v2_tensor::decode_typed(&ctx, &input.name, dtype, input.shape, contents, &mut budget)?
+                }
+            };
+            inputs.push((input.name, tensor));
+        }
+        let wanted: Vec<String> = r.outputs.into_iter().map(|o| o.name).collect();
+        let response = call.infer(&servable, InferRequest { inputs, outputs: wanted }, deadline).await?;
+        let mut outputs = Vec::with_capacity(response.outputs.len());
+        let mut raw_output_contents = Vec::new();
+        for (name, t) in response.outputs {
+            let mut out = InferOutputTensor {
+                name,
+                datatype: dtype_to_v2(t.dtype).to_string(),
+                shape: t.shape.clone(),
+                parameters: HashMap::new(),
+                contents: None,
+            };
+            if typed_output {
+                let dtype = t.dtype;
+                out.contents = Some(v2_tensor::encode_typed(t).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "{ctx}: output '{}' is {}, which has no typed contents field; do not set {BINARY_OUTPUT_PARAM}=false",
+                        out.name,
+                        dtype_to_v2(dtype)
+                    ))
+                })?);
+            } else {
+                raw_output_contents.push(v2_tensor::encode_raw(t));
+            }
+            outputs.push(out);
+        }
+        Ok(Response::new(pb::ModelInferResponse {
+            model_name: servable.model.clone(),
+            model_version: servable.version.to_string(),
+            id: r.id,
+            parameters: HashMap::new(),
+            outputs,
+            raw_output_contents,
+        }))
     }
 }

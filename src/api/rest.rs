@@ -1,5 +1,6 @@
 //! REST front ends (axum): TF Serving's `/v1/...`, KServe v2's `/v2/...`, maas's own status route
-//! `/maas/v1/models/{model}`, and the Kubernetes probes `/healthz` and `/readyz`.
+//! `/maas/v1/models/{model}`, the Kubernetes probes `/healthz` and `/readyz`, and the Prometheus
+//! metrics at `/metrics`.
 //!
 //! Both protocols translate their JSON into the protocol-neutral [`crate::tensor::InferRequest`] and
 //! call [`crate::runtime::Servable::infer`], like the gRPC front ends; errors are the core
@@ -66,6 +67,7 @@ pub fn router_with_tenancy(
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(crate::metrics::http::METRICS_PATH, get(crate::metrics::http::scrape))
         .merge(tf::routes())
         .merge(v2::routes())
         .merge(maas::routes())

@@ -2,6 +2,7 @@
 use super::tf_tensor;
 use crate::error::Error;
 use crate::manager::{ModelManager, VersionSelector, VersionState};
+use crate::metrics::{Api, Call};
 use crate::proto::tensorflow::serving::{
     self as tfs, model_service_server::ModelService, model_spec::VersionChoice,
     prediction_service_server::PredictionService, ModelSpec,
@@ -81,6 +82,29 @@ pub(crate) fn decode_request(ctx: &str, req: tfs::PredictRequest, budget: &mut B
     Ok(InferRequest { inputs, outputs })
 }
 
+impl TfServing {
+    /// Predict, measured by `call`.
+    async fn predict_with(
+        &self,
+        request: Request<tfs::PredictRequest>,
+        call: &mut Call<'_>,
+    ) -> Result<Response<tfs::PredictResponse>, Error> {
+        let deadline = super::grpc_deadline(request.metadata());
+        let req = request.into_inner();
+        let servable = self.resolve(req.model_spec.as_ref())?;
+        call.servable(&servable);
+        let ctx = format!("model '{}' version {}", servable.model, servable.version);
+        let request = decode_request(&ctx, req, &mut Budget::new(self.max_tensor_bytes))?;
+        let response = call.infer(&servable, request, deadline).await?;
+        let outputs: HashMap<String, _> = response
+            .outputs
+            .into_iter()
+            .map(|(name, t)| (name, tf_tensor::encode(t, self.tensor_content_output)))
+            .collect();
+        Ok(Response::new(tfs::PredictResponse { model_spec: Some(spec_out(&servable)), outputs }))
+    }
+}
+
 fn spec_out(s: &Servable) -> ModelSpec {
     ModelSpec {
         name: s.model.clone(),
@@ -130,17 +154,9 @@ impl PredictionService for TfServing {
 
     async fn predict(&self, request: Request<tfs::PredictRequest>) -> Result<Response<tfs::PredictResponse>, Status> {
         let deadline = super::grpc_deadline(request.metadata());
-        let req = request.into_inner();
-        let servable = self.resolve(req.model_spec.as_ref())?;
-        let ctx = format!("model '{}' version {}", servable.model, servable.version);
-        let request = decode_request(&ctx, req, &mut Budget::new(self.max_tensor_bytes))?;
-        let response = servable.infer_before(request, deadline).await?;
-        let outputs: HashMap<String, _> = response
-            .outputs
-            .into_iter()
-            .map(|(name, t)| (name, tf_tensor::encode(t, self.tensor_content_output)))
-            .collect();
-        Ok(Response::new(tfs::PredictResponse { model_spec: Some(spec_out(&servable)), outputs }))
+        let mut call = Call::start(self.manager.metrics(), Api::Predict).with_deadline(deadline);
+        let result = self.predict_with(request, &mut call).await;
+        call.finish(result).map_err(Status::from)
     }
 
     async fn multi_inference(

@@ -86,6 +86,7 @@ impl ModelManager {
                     load_time: took,
                     warmup,
                 });
+                self.metrics.register(&servable, took);
                 let old = vr.servable.replace(Arc::new(servable));
                 vr.state = VersionState::Available;
                 vr.code = Code::Ok;
@@ -98,6 +99,7 @@ impl ModelManager {
                 }
             }
             Err(e) => {
+                self.metrics.load_failed(model);
                 vr.failures += 1;
                 let retries_left = self.cfg.max_load_retries.saturating_sub(vr.failures - 1);
                 tracing::error!(model, version, code = ?e.code, retries_left, "failed to load: {}", e.message);

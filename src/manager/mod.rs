@@ -256,6 +256,7 @@ pub struct ModelManager {
     wake: Arc<Notify>,
     /// Object-store roots: listings, downloads, the cache.
     remote: Remote,
+    metrics: crate::metrics::Registry,
 }
 
 impl std::fmt::Debug for ModelManager {
@@ -281,7 +282,13 @@ impl ModelManager {
                 initial_done: false,
             }),
             wake,
+            metrics: crate::metrics::Registry::for_loaded_runtime(),
         }
+    }
+
+    /// The server's Prometheus series.
+    pub fn metrics(&self) -> &crate::metrics::Registry {
+        &self.metrics
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

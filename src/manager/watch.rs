@@ -69,6 +69,7 @@ impl ModelManager {
             (state.source.clone(), state.excluded.clone(), in_use(&state))
         };
         let Some(scanned) = self.read(&source, &excluded, &in_use, list).await else {
+            self.metrics.polled(false);
             return Vec::new();
         };
         let mut state = self.lock();
@@ -81,6 +82,7 @@ impl ModelManager {
         }
         let handles = self.reconcile(&mut state, scanned);
         self.publish(&state);
+        self.metrics.polled(true);
         handles
     }
 

@@ -200,6 +200,7 @@ impl Batcher {
                 }
             }
         };
+        servable.metrics().pending_add(1);
         if wake {
             self.shared.wake.notify_one();
         }
@@ -307,6 +308,8 @@ fn worker(shared: &Shared, servable: &Weak<Servable>, cfg: &BatchingConfig, padd
 }
 
 fn run_batch(servable: &Servable, cfg: &BatchingConfig, padding: &Padding, session: usize, tasks: Vec<Task>) {
+    let popped = Instant::now();
+    servable.metrics().pending_add(-(tasks.len() as i64));
     // Requests whose client went away are dropped; those past their deadline are answered so.
     let mut live = Vec::with_capacity(tasks.len());
     for t in tasks {
@@ -338,18 +341,22 @@ fn run_batch(servable: &Servable, cfg: &BatchingConfig, padding: &Padding, sessi
         })
         .and_then(|resp| {
             let tasks: Vec<(usize, &[Tensor])> = live.iter().map(|t| (t.rows, &t.inputs[..])).collect();
-            split(&servable.what(), &servable.signature.inputs, padding, resp, &tasks, run_rows)
+            let stages = resp.stages;
+            Ok((stages, split(&servable.what(), &servable.signature.inputs, padding, resp, &tasks, run_rows)?))
         });
     match result {
-        Ok(parts) => {
+        Ok((stages, parts)) => {
+            let stages = crate::metrics::call::batched(stages, popped);
             for (t, outputs) in live.into_iter().zip(parts) {
                 // The batch's run time is split across its requests by rows.
                 let share = ran.mul_f64(t.rows as f64 / rows.max(1) as f64);
                 let queue = run_start.saturating_duration_since(t.started);
-                let answer = select(servable, outputs, &t.outputs).map(|mut r| {
-                    r.timing = crate::tensor::Timing { queue, compute: share };
-                    r
-                });
+                let answer = select(servable, outputs, &t.outputs)
+                    .map(|mut r| {
+                        r.timing = crate::tensor::Timing { queue, compute: share };
+                        r
+                    })
+                    .map(|r| crate::metrics::call::in_batch(r, stages, t.started, popped));
                 finish(servable, t, answer);
             }
         }
@@ -445,7 +452,7 @@ fn split(
 /// The outputs a request asked for, in its order (all, in model order, when it named none).
 fn select(servable: &Servable, mut outputs: Vec<(String, Tensor)>, wanted: &[String]) -> Result<InferResponse, Error> {
     if wanted.is_empty() {
-        return Ok(InferResponse { outputs, timing: Default::default() });
+        return Ok(InferResponse { outputs, ..Default::default() });
     }
     let mut picked = Vec::with_capacity(wanted.len());
     for name in wanted {
@@ -454,7 +461,7 @@ fn select(servable: &Servable, mut outputs: Vec<(String, Tensor)>, wanted: &[Str
         })?;
         picked.push(outputs.swap_remove(at));
     }
-    Ok(InferResponse { outputs: picked, timing: Default::default() })
+    Ok(InferResponse { outputs: picked, ..Default::default() })
 }
 
 #[cfg(test)]
@@ -515,6 +522,7 @@ mod tests {
                 ("ids".into(), tensor(DType::I64, &[4, 3], &ids)),
                 ("pooled".into(), tensor(DType::F32, &[4, 2], &[0f32; 8])),
             ],
+            ..Default::default()
         };
         let batch = tensor(DType::F32, &[4, 3, 2], &hidden);
         let parts = split("m", &inputs, &padding, out(batch.clone()), &tasks, 4).unwrap();

@@ -17,7 +17,7 @@ use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{Outlet, ValueType};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 use tonic::Code;
@@ -47,6 +47,7 @@ pub(crate) struct InFlight(Arc<Servable>);
 impl InFlight {
     fn admit(s: &Arc<Servable>) -> Result<InFlight, Error> {
         let before = s.in_flight.fetch_add(1, Ordering::AcqRel);
+        s.metrics().in_flight_add(1);
         let guard = InFlight(Arc::clone(s));
         if s.max_in_flight > 0 && before >= s.max_in_flight {
             return Err(Error::ResourceExhausted(format!(
@@ -62,6 +63,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics().in_flight_add(-1);
     }
 }
 
@@ -131,6 +133,8 @@ pub struct Servable {
     batcher: Option<Batcher>,
     /// The model's TensorRT options, when TensorRT was registered (the warmup runs at its profile).
     tensorrt: Option<TrtOptions>,
+    /// Prometheus series, given by the registry when the version is registered.
+    metrics: OnceLock<Arc<crate::metrics::VersionMetrics>>,
 }
 
 impl std::fmt::Debug for Servable {
@@ -210,7 +214,18 @@ impl Servable {
             max_in_flight: cfg.max_in_flight,
             permits: Arc::new(Semaphore::new(sessions.len())),
             sessions: sessions.into_iter().map(Mutex::new).collect(),
+            metrics: OnceLock::new(),
         })
+    }
+
+    /// This version's Prometheus series (series that are never exported until registered).
+    pub fn metrics(&self) -> &Arc<crate::metrics::VersionMetrics> {
+        self.metrics.get().unwrap_or_else(|| crate::metrics::detached())
+    }
+
+    /// Gives the version its series (once; see [`crate::metrics::Registry::register`]).
+    pub(crate) fn attach_metrics(&self, m: Arc<crate::metrics::VersionMetrics>) {
+        let _ = self.metrics.set(m);
     }
 
     /// Number of sessions in the pool.
@@ -370,12 +385,14 @@ impl Servable {
                 .await
                 .map_err(|_| Error::Internal(format!("{}: the batch thread dropped the request", self.what())))?;
         }
+        let waiting = self.metrics().waiting();
         let permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Error::Unavailable(format!("{} is unloading", self.what())))?;
+        drop(waiting);
         let this = Arc::clone(self);
         // The request's span (request id) goes with it to the blocking thread.
         let span = tracing::Span::current();
@@ -392,13 +409,15 @@ impl Servable {
                 ))),
                 _ => {
                     let run_start = Instant::now();
-                    this.run_blocking(&req).map(|mut r| {
-                        r.timing = crate::tensor::Timing {
-                            queue: run_start.saturating_duration_since(started),
-                            compute: run_start.elapsed(),
-                        };
-                        r
-                    })
+                    this.run_blocking(&req)
+                        .map(|mut r| {
+                            r.timing = crate::tensor::Timing {
+                                queue: run_start.saturating_duration_since(started),
+                                compute: run_start.elapsed(),
+                            };
+                            r
+                        })
+                        .map(|r| crate::metrics::call::queued(r, started))
                 }
             };
             drop(permit);
@@ -412,6 +431,7 @@ impl Servable {
     /// Runs a validated request on a free session. Blocking.
     pub fn run_blocking(&self, req: &InferRequest) -> Result<InferResponse, Error> {
         self.stats.executions.fetch_add(1, Ordering::Relaxed);
+        self.metrics().executed();
         self.run_on(req, || self.take_session())
     }
 
@@ -420,6 +440,7 @@ impl Servable {
     pub(crate) fn run_on_session(&self, i: usize, req: &InferRequest) -> Result<InferResponse, Error> {
         let session = &self.sessions[i % self.sessions.len()];
         self.stats.executions.fetch_add(1, Ordering::Relaxed);
+        self.metrics().executed();
         self.run_on(req, || Ok(session.lock().unwrap_or_else(|p| p.into_inner())))
     }
 
@@ -430,6 +451,7 @@ impl Servable {
         req: &InferRequest,
         take: impl FnOnce() -> Result<MutexGuard<'s, Session>, Error>,
     ) -> Result<InferResponse, Error> {
+        let started = Instant::now();
         let mut inputs: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(req.inputs.len());
         for (name, t) in &req.inputs {
             inputs.push((
@@ -438,6 +460,7 @@ impl Servable {
             ));
         }
         let mut guard = take()?;
+        let acquired = Instant::now();
         let session: &mut Session = &mut guard;
         let runtime_err = |e: ort::Error| Error::Runtime {
             model: self.model.clone(),
@@ -464,6 +487,7 @@ impl Servable {
             Some(options) => session.run_with_options(inputs, options),
         }
         .map_err(runtime_err)?;
+        let ran = Instant::now();
         let mut values = Vec::with_capacity(wanted.len());
         for name in wanted {
             let value = outputs
@@ -479,7 +503,8 @@ impl Servable {
             let tensor = from_output(name, value).map_err(Error::Internal)?;
             result.push((name.to_string(), tensor));
         }
-        Ok(InferResponse { outputs: result, timing: Default::default() })
+        let stages = crate::metrics::Stages::timed(started, acquired, ran);
+        Ok(InferResponse { outputs: result, stages, timing: Default::default() })
     }
 
     /// Runs a validated request on session `i` of the pool for warmup, before the version serves.

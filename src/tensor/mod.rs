@@ -230,6 +230,8 @@ pub struct InferRequest {
 #[derive(Debug, Clone, Default)]
 pub struct InferResponse {
     pub outputs: Vec<(String, Tensor)>,
+    /// Where the servable spent the time (for the metrics).
+    pub stages: crate::metrics::Stages,
     /// Where the time went (usage metering).
     pub timing: Timing,
 }

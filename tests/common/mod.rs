@@ -57,6 +57,22 @@ impl TestServer {
         TestServer { addr, rest_addr, shutdown: Some(tx), handle: Some(handle) }
     }
 
+    /// Like [`TestServer::ready`], also serving the metrics on a port of their own (`--metrics-port`),
+    /// whose address is returned.
+    pub async fn ready_with_metrics_port(cfg: ServeConfig) -> (TestServer, SocketAddr) {
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let (listener, rest, metrics) = (bind().await.unwrap(), bind().await.unwrap(), bind().await.unwrap());
+        let (addr, rest_addr, metrics_addr) =
+            (listener.local_addr().unwrap(), rest.local_addr().unwrap(), metrics.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let serve = maas::server::serve_with_metrics(cfg, ort_env(), listener, Some(rest), Some(metrics), async move {
+            let _ = rx.await;
+        });
+        let s = TestServer { addr, rest_addr, shutdown: Some(tx), handle: Some(tokio::spawn(serve)) };
+        s.wait_serving().await;
+        (s, metrics_addr)
+    }
+
     /// Starts a server and waits until its health is SERVING (initial models loaded).
     pub async fn ready(cfg: ServeConfig) -> TestServer {
         let s = TestServer::start(cfg).await;

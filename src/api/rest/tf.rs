@@ -9,6 +9,7 @@ use crate::api::tf_tensor::dtype_to_tf;
 use crate::api::tfserving::DEFAULT_SIGNATURE;
 use crate::error::Error;
 use crate::manager::{ModelManager, VersionSelector, VersionStatus};
+use crate::metrics::{Api, Call};
 use crate::runtime::Servable;
 use crate::tensor::{Budget, DType, InferRequest, Tensor, TensorData, TensorSpec};
 use axum::extract::rejection::BytesRejection;
@@ -177,11 +178,13 @@ async fn post(
              signatures; use Predict"
         )));
     }
+    let mut call = Call::start(m.metrics(), Api::PredictRest);
     let body = match body {
         Ok(b) => b,
-        Err(r) => return body_rejected(r),
+        Err(r) => return call.fail_http(r.status().as_u16(), body_rejected(r)),
     };
-    respond(predict(m, limit, name, selector, &body).await)
+    let result = predict(m, limit, name, selector, &body, &mut call).await;
+    respond(call.finish(result))
 }
 
 fn status(m: &ModelManager, method: &Method, uri: &Uri, name: &str, sel: Sel<'_>) -> Result<String, Error> {
@@ -244,6 +247,7 @@ async fn predict(
     name: &str,
     selector: VersionSelector,
     body: &[u8],
+    call: &mut Call<'_>,
 ) -> Result<String, Error> {
     let value = json::parse(body, limit.0)?;
     let Some(obj) = value.as_object() else {
@@ -284,6 +288,7 @@ async fn predict(
             (None, Some(_)) => None,
         };
     let servable = m.resolve(name, &selector)?;
+    call.servable(&servable);
     let ctx = format!("model '{}' version {}", servable.model, servable.version);
     let (inputs, batch) = {
         let unknown = |input: &str| unknown_input(&servable, input);
@@ -291,7 +296,7 @@ async fn predict(
         let columns = obj.get("inputs").unwrap_or(&Value::Null);
         tf_json::decode_inputs(&model, rows, columns, &mut Budget::new(limit.0))?
     };
-    let response = servable.infer(InferRequest { inputs, outputs: Vec::new() }).await?;
+    let response = call.infer(&servable, InferRequest { inputs, outputs: Vec::new() }, None).await?;
     match batch {
         Some(_) => tf_json::encode_rows(&ctx, &response.outputs),
         None => Ok(tf_json::encode_columns(&response.outputs)),

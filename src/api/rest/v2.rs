@@ -8,6 +8,7 @@ use super::{body_rejected, error_response, json_response, respond, Mgr, TensorLi
 use crate::api::v2_types::{dtype_from_v2, dtype_to_v2, supported_v2};
 use crate::error::Error;
 use crate::manager::{ModelManager, VersionSelector};
+use crate::metrics::{Api, Call};
 use crate::tensor::{claimed_elements, fmt_shape, Budget, InferRequest, Input, Tensor, TensorSpec};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -118,10 +119,7 @@ async fn infer(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match body {
-        Ok(b) => respond(run(&m, limit, &name, Ok(VersionSelector::Latest), &b).await),
-        Err(r) => body_rejected(r),
-    }
+    measured(&m, limit, &name, Ok(VersionSelector::Latest), body).await
 }
 
 async fn version_infer(
@@ -130,9 +128,24 @@ async fn version_infer(
     Path((name, v)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    measured(&m, limit, &name, version(&v), body).await
+}
+
+/// An inference request, measured.
+async fn measured(
+    m: &ModelManager,
+    limit: TensorLimit,
+    name: &str,
+    selector: Result<VersionSelector, Error>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut call = Call::start(m.metrics(), Api::InferRest);
     match body {
-        Ok(b) => respond(run(&m, limit, &name, version(&v), &b).await),
-        Err(r) => body_rejected(r),
+        Ok(b) => {
+            let result = run(m, limit, name, selector, &b, &mut call).await;
+            respond(call.finish(result))
+        }
+        Err(r) => call.fail_http(r.status().as_u16(), body_rejected(r)),
     }
 }
 
@@ -146,6 +159,7 @@ async fn run(
     name: &str,
     selector: Result<VersionSelector, Error>,
     body: &[u8],
+    call: &mut Call<'_>,
 ) -> Result<String, Error> {
     let selector = selector?;
     let value = json::parse(body, limit.0)?;
@@ -164,6 +178,7 @@ async fn run(
         return Err(bad("the request needs \"inputs\": a JSON list of tensors".into()));
     };
     let servable = m.resolve(name, &selector)?;
+    call.servable(&servable);
     let ctx = format!("model '{}' version {}", servable.model, servable.version);
     let decoded = decode_inputs(&ctx, inputs, &mut Budget::new(limit.0))?;
     let mut outputs = Vec::new();
@@ -181,7 +196,7 @@ async fn run(
             outputs.push(n.to_string());
         }
     }
-    let response = servable.infer(InferRequest { inputs: decoded, outputs }).await?;
+    let response = call.infer(&servable, InferRequest { inputs: decoded, outputs }, None).await?;
 
     let mut out = String::from("{\"model_name\":");
     json::write_str(&mut out, &servable.model);
