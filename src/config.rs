@@ -31,6 +31,10 @@ pub enum Command {
     /// Measure: closed-loop gRPC load against a running server (`load`), or the same model on
     /// ONNX Runtime in this process (`inprocess`).
     Bench(crate::bench::BenchArgs),
+    /// Make a smaller, faster version of a model offline (int8 quantization, ONNX Runtime's graph
+    /// pass), check it against the source with the accuracy guard, and publish it as a new version.
+    /// Exit status: 0 published (or --dry-run passed), 1 refused by the guard, 2 error.
+    Optimize(crate::optimize::OptimizeArgs),
     /// Print the models of a running server: versions, states, providers, load times and request
     /// counts (through its gRPC APIs; `--json` for scripts).
     Status(crate::status_cli::StatusArgs),
@@ -419,6 +423,7 @@ impl ServeArgs {
                     batching,
                     max_tensor_bytes: self.max_tensor_bytes.unwrap_or(self.max_message_size_bytes),
                     trt_engine_cache_dir: self.trt_engine_cache_dir.clone(),
+                    graph_optimization: crate::runtime::GraphOptimization::All,
                     // per model, from maas.pbtxt
                     tensorrt: Default::default(),
                 },

@@ -14,6 +14,7 @@ pub mod error;
 pub mod logging;
 pub mod manager;
 pub mod metrics;
+pub mod optimize;
 pub mod proto;
 pub mod repository;
 pub mod runtime;

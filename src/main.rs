@@ -38,6 +38,14 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        // 0 published (or --dry-run passed), 1 refused by the guard, 2 error.
+        Command::Optimize(args) => match maas::optimize::run(args) {
+            Ok(outcome) => ExitCode::from(outcome.exit_code()),
+            Err(e) => {
+                eprintln!("maas optimize: error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Status(args) => match maas::status_cli::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -25,6 +25,11 @@ pub mod inference {
 pub mod maas {
     tonic::include_proto!("maas");
 
+    /// The ONNX model format (`proto/maas/onnx.proto`), read and written by `maas optimize`.
+    pub mod onnx {
+        tonic::include_proto!("maas.onnx");
+    }
+
     /// Usage metering (`maas.usage.v1.UsageService`).
     pub mod usage {
         pub mod v1 {

@@ -61,6 +61,7 @@ async fn healthy_versions_have_an_empty_error_message_and_details_in_the_route()
             "sessions": 2,
             "batching": null,
             "warmup": {"kind": "synthesized"},
+            "optimization": null,
         }]})
     );
 

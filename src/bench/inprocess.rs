@@ -5,7 +5,7 @@
 //! for `load`; outputs are dropped unread. No network, no protocol, no copies: what remains between
 //! this and `load` is the cost of serving.
 use super::report::{Cpu, Recorder, Report};
-use super::synth::synthesize;
+use super::synth::synthesize_with;
 use super::{check_counts, sample_cpu, Window};
 use crate::tensor::{fmt_shape, DType, Tensor, TensorData};
 use clap::Args;
@@ -51,9 +51,13 @@ pub struct InprocessArgs {
     #[arg(long, default_value_t = 1.0, value_name = "W")]
     pub warmup_seconds: f64,
 
-    /// Value of a dynamic first (batch) dimension; other dynamic dimensions are 1.
+    /// Value of a dynamic first (batch) dimension.
     #[arg(long, default_value_t = 1, value_name = "R")]
     pub rows: i64,
+
+    /// Value of every other dynamic dimension (e.g. a sequence length).
+    #[arg(long, default_value_t = 1, value_name = "S")]
+    pub seq: i64,
 
     /// Print the report as one JSON object.
     #[arg(long)]
@@ -85,7 +89,15 @@ impl Pool {
 
 /// Loads the sessions, runs the load and returns its report.
 pub fn run(a: &InprocessArgs) -> Result<Report, String> {
+    run_with_inputs(a, None)
+}
+
+/// [`run`], on the given inputs instead of synthesized ones (`maas optimize` times the guard's inputs).
+pub fn run_with_inputs(a: &InprocessArgs, given: Option<Vec<(String, Tensor)>>) -> Result<Report, String> {
     check_counts(a.concurrency, a.rows)?;
+    if a.seq < 1 {
+        return Err(format!("--seq must be at least 1, got {}", a.seq));
+    }
     if a.sessions == 0 {
         return Err("--sessions must be at least 1".into());
     }
@@ -108,7 +120,10 @@ pub fn run(a: &InprocessArgs) -> Result<Report, String> {
         );
     }
     let specs = crate::runtime::signature_of(&sessions[0])?.inputs;
-    let tensors = synthesize(&specs, a.rows)?;
+    let tensors = match given {
+        Some(t) => t,
+        None => synthesize_with(&specs, a.rows, a.seq)?,
+    };
     let model = path
         .parent()
         .and_then(|v| v.parent())

@@ -3,7 +3,7 @@
 //! `GRPCInferenceService/ModelInfer` back to back: each client sends its next request as soon as the
 //! previous answer arrives.
 use super::report::{Cpu, Recorder, Report};
-use super::synth::synthesize;
+use super::synth::synthesize_with;
 use super::{check_counts, error_chain, is_text_format, process_cpu_time, sample_cpu, Window};
 use crate::api::tf_tensor::{dtype_from_tf, encode as tf_encode};
 use crate::api::v2_tensor::encode_raw;
@@ -80,10 +80,13 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1.0, value_name = "W")]
     pub warmup_seconds: f64,
 
-    /// Value of a dynamic first (batch) dimension of the synthesized inputs; other dynamic
-    /// dimensions are 1.
+    /// Value of a dynamic first (batch) dimension of the synthesized inputs.
     #[arg(long, default_value_t = 1, value_name = "R", conflicts_with = "request_file")]
     pub rows: i64,
+
+    /// Value of every other dynamic dimension of the synthesized inputs (e.g. a sequence length).
+    #[arg(long, default_value_t = 1, value_name = "S", conflicts_with = "request_file")]
+    pub seq: i64,
 
     /// Send this request instead of synthesized inputs: a serialized PredictRequest (--protocol tf)
     /// or ModelInferRequest (--protocol v2), binary (.pb) or protobuf text format (.pbtxt, .txt,
@@ -221,7 +224,7 @@ async fn run_async(a: &LoadArgs) -> Result<Report, String> {
                 Protocol::Tf => tf_specs(&channels[0], &model, a.version, &a.address).await?,
                 Protocol::V2 => v2_specs(&channels[0], &model, a.version, &a.address).await?,
             };
-            let tensors = synthesize(&specs, a.rows).map_err(|e| format!("model '{model}': {e}"))?;
+            let tensors = synthesize_with(&specs, a.rows, a.seq).map_err(|e| format!("model '{model}': {e}"))?;
             build_request(a.protocol, &model, a.version, tensors)
         }
     };
@@ -549,7 +552,7 @@ mod tests {
     #[test]
     fn builds_both_protocols() {
         let specs = [TensorSpec { name: "x".into(), dtype: crate::tensor::DType::F32, shape: vec![-1, 8] }];
-        let t = synthesize(&specs, 3).unwrap();
+        let t = synthesize_with(&specs, 3, 1).unwrap();
         let Request::Tf(r) = build_request(Protocol::Tf, "m", Some(2), t.clone()) else { panic!() };
         assert_eq!(r.inputs["x"].tensor_content.len(), 3 * 8 * 4);
         assert_eq!(r.model_spec.as_ref().unwrap().version_choice, Some(VersionChoice::Version(2)));

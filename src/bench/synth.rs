@@ -1,6 +1,6 @@
 //! Benchmark inputs synthesized from a model's input specs, the same for `load` and `inprocess`.
 //!
-//! A dynamic first dimension becomes `rows`, any other dynamic dimension 1. Values are deterministic
+//! A dynamic first dimension becomes `rows`, any other dynamic dimension 1 (`inprocess --seq` sets it). Values are deterministic
 //! pseudo-random (SplitMix64 seeded by the input's name): floats uniform in [-1, 1), integers in
 //! 0..16 (valid as indices and in range for every integer type), bools 0/1, strings `s<number>`.
 use crate::tensor::{element_count, fmt_shape, DType, Tensor, TensorData, TensorSpec};
@@ -8,6 +8,11 @@ use bytes::Bytes;
 
 /// The concrete shape used for a spec's shape.
 pub fn concrete_shape(shape: &[i64], rows: i64) -> Vec<i64> {
+    concrete_shape_with(shape, rows, 1)
+}
+
+/// The concrete shape with every dynamic dimension after the first set to `rest`.
+pub fn concrete_shape_with(shape: &[i64], rows: i64, rest: i64) -> Vec<i64> {
     shape
         .iter()
         .enumerate()
@@ -17,7 +22,7 @@ pub fn concrete_shape(shape: &[i64], rows: i64) -> Vec<i64> {
             } else if i == 0 {
                 rows
             } else {
-                1
+                rest
             }
         })
         .collect()
@@ -25,11 +30,16 @@ pub fn concrete_shape(shape: &[i64], rows: i64) -> Vec<i64> {
 
 /// One tensor per input spec, in spec order.
 pub fn synthesize(specs: &[TensorSpec], rows: i64) -> Result<Vec<(String, Tensor)>, String> {
-    specs.iter().map(|spec| Ok((spec.name.clone(), synthesize_one(spec, rows)?))).collect()
+    synthesize_with(specs, rows, 1)
 }
 
-fn synthesize_one(spec: &TensorSpec, rows: i64) -> Result<Tensor, String> {
-    let shape = concrete_shape(&spec.shape, rows);
+/// [`synthesize`] with every dynamic dimension after the first set to `rest` (`inprocess --seq`).
+pub fn synthesize_with(specs: &[TensorSpec], rows: i64, rest: i64) -> Result<Vec<(String, Tensor)>, String> {
+    specs.iter().map(|spec| Ok((spec.name.clone(), synthesize_one(spec, rows, rest)?))).collect()
+}
+
+fn synthesize_one(spec: &TensorSpec, rows: i64, rest: i64) -> Result<Tensor, String> {
+    let shape = concrete_shape_with(&spec.shape, rows, rest);
     let n = element_count(&shape).map_err(|e| format!("input '{}': {e}", spec.name))?;
     let mut rng = SplitMix64::new(&spec.name);
     let mut raw: Vec<u8> = Vec::with_capacity(n.saturating_mul(spec.dtype.size().unwrap_or(0)));

@@ -94,6 +94,8 @@ pub struct VersionDetails {
     pub status: VersionStatus,
     /// How the served files were loaded (None before a load succeeded).
     pub loaded: Option<LoadReport>,
+    /// The directory the served files were loaded from (for an object-store model, its local copy).
+    pub dir: Option<PathBuf>,
     /// The last failed load, if the version failed, or if changed files failed while the earlier
     /// ones keep serving.
     pub load_error: Option<String>,
@@ -103,6 +105,8 @@ pub struct VersionDetails {
 #[derive(Debug, Clone)]
 pub struct ModelDetails {
     pub name: String,
+    /// The model's directory when it is local (its versions are sub-directories).
+    pub local_dir: Option<PathBuf>,
     /// Why the model has nothing to load, if so.
     pub problem: Option<String>,
     pub versions: Vec<(i64, VersionDetails)>,
@@ -209,7 +213,12 @@ impl VersionRecord {
     }
 
     fn details(&self) -> VersionDetails {
-        VersionDetails { status: self.status(), loaded: self.report.clone(), load_error: self.load_error.clone() }
+        VersionDetails {
+            status: self.status(),
+            loaded: self.report.clone(),
+            dir: self.servable.as_ref().map(|s| s.version_dir().to_path_buf()),
+            load_error: self.load_error.clone(),
+        }
     }
 }
 

@@ -204,6 +204,10 @@ impl ModelManager {
         };
         Ok(ModelDetails {
             name: model.to_string(),
+            local_dir: match &rec.config.base_path {
+                crate::repository::uri::Location::Local(p) => Some(p.clone()),
+                crate::repository::uri::Location::Remote(_) => None,
+            },
             problem: rec.problem.clone(),
             versions: rec.versions.iter().map(|(v, r)| (*v, r.details())).collect(),
         })

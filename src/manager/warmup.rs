@@ -127,8 +127,12 @@ fn replay(servable: &Servable, file: &Path, iterations: u32, max_tensor_bytes: u
     Ok(records.len())
 }
 
-/// The PredictRequest of one record, which must be a `predict_log`.
-fn recorded_request(ctx: &str, data: Bytes) -> Result<crate::proto::tensorflow::serving::PredictRequest, String> {
+/// The PredictRequest of one record, which must be a `predict_log` (also what `maas optimize` reads
+/// as guard inputs).
+pub(crate) fn recorded_request(
+    ctx: &str,
+    data: Bytes,
+) -> Result<crate::proto::tensorflow::serving::PredictRequest, String> {
     let log =
         PredictionLog::decode(data).map_err(|e| format!("not a serialized tensorflow.serving.PredictionLog: {e}"))?;
     let kind = match log.log_type {

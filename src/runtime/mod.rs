@@ -12,11 +12,11 @@ pub mod settings;
 pub mod trt_cache;
 pub mod trt_options;
 
-pub(crate) use convert::string_tensor;
+pub(crate) use convert::{from_output, string_tensor, to_input};
 pub use providers::{Provider, Registered};
 pub(crate) use servable::{session_builder, signature_of};
 pub use servable::{LoadError, Servable, Stats, StatsSnapshot};
-pub use settings::BatchingConfig;
+pub use settings::{BatchingConfig, GraphOptimization};
 
 /// How model versions are loaded and run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub struct RuntimeConfig {
     pub max_tensor_bytes: usize,
     /// TensorRT engine cache root (None = the default under `$XDG_CACHE_HOME`).
     pub trt_engine_cache_dir: Option<std::path::PathBuf>,
+    /// ONNX Runtime graph optimization at load (`maas.pbtxt` `graph_optimization_level`; default all).
+    pub graph_optimization: GraphOptimization,
     /// TensorRT build options (per model, from `maas.pbtxt`).
     pub tensorrt: trt_options::TrtOptions,
 }
@@ -69,6 +71,7 @@ impl Default for RuntimeConfig {
             batching: None,
             max_tensor_bytes: 1 << 30,
             trt_engine_cache_dir: None,
+            graph_optimization: GraphOptimization::All,
             tensorrt: trt_options::TrtOptions::default(),
         }
     }

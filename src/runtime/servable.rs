@@ -163,6 +163,8 @@ impl Servable {
         }
         let cfg = &settings::for_version(cfg, path).map_err(|m| LoadError::new(Code::InvalidArgument, m))?;
         let builder = session_builder(env, cfg.intra_op_threads, cfg.inter_op_threads)?
+            .with_optimization_level(cfg.graph_optimization.to_ort())
+            .map_err(|e| format!("could not set the graph optimization level: {e}"))?
             .with_log_id(format!("{model}:{version}"))
             .map_err(|e| format!("could not set the log id: {e}"))?;
         let target = providers::Target { model, version, dir: path.parent().unwrap_or(Path::new(".")) };

@@ -42,6 +42,51 @@ pub struct BatchingConfig {
     pub trim_outputs: BTreeMap<String, String>,
 }
 
+/// ONNX Runtime's graph optimization level at load (`graph_optimization_level` in `maas.pbtxt`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GraphOptimization {
+    Disable,
+    Basic,
+    Extended,
+    #[default]
+    All,
+}
+
+impl GraphOptimization {
+    pub fn parse(s: &str) -> Result<GraphOptimization, String> {
+        Ok(match s {
+            "disable" => GraphOptimization::Disable,
+            "basic" => GraphOptimization::Basic,
+            "extended" => GraphOptimization::Extended,
+            "all" => GraphOptimization::All,
+            other => {
+                return Err(format!(
+                    "graph_optimization_level must be one of disable, basic, extended, all; got \"{other}\""
+                ))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphOptimization::Disable => "disable",
+            GraphOptimization::Basic => "basic",
+            GraphOptimization::Extended => "extended",
+            GraphOptimization::All => "all",
+        }
+    }
+
+    pub fn to_ort(self) -> ort::session::builder::GraphOptimizationLevel {
+        use ort::session::builder::GraphOptimizationLevel as L;
+        match self {
+            GraphOptimization::Disable => L::Disable,
+            GraphOptimization::Basic => L::Level1,
+            GraphOptimization::Extended => L::Level2,
+            GraphOptimization::All => L::All,
+        }
+    }
+}
+
 /// A `pad_values` entry as written (a double); compared bit for bit, so configurations stay `Eq`.
 #[derive(Debug, Clone, Copy)]
 pub struct PadValue(pub f64);
@@ -191,6 +236,9 @@ pub fn apply(base: &RuntimeConfig, text: &str) -> Result<RuntimeConfig, String> 
         Some(p) => Some(BatchingConfig::from_params(p).map_err(|e| format!("batching_parameters: {e}"))?),
         None => None,
     };
+    if let Some(level) = &s.graph_optimization_level {
+        cfg.graph_optimization = GraphOptimization::parse(level)?;
+    }
     let enabled = s.enable_batching.unwrap_or(params.is_some() || cfg.batching.is_some());
     cfg.batching = if enabled { Some(params.or_else(|| cfg.batching.clone()).unwrap_or_default()) } else { None };
     // ---- TensorRT ----
@@ -309,6 +357,26 @@ mod tests {
         assert_eq!(
             apply(&base, "tensorrt { max_workspace_size: -1 }").unwrap_err(),
             "tensorrt: max_workspace_size must be positive, got -1"
+        );
+    }
+
+    #[test]
+    fn graph_optimization_level_is_read() {
+        let base = RuntimeConfig::default();
+        assert_eq!(base.graph_optimization, GraphOptimization::All);
+        for (text, level) in [
+            ("disable", GraphOptimization::Disable),
+            ("basic", GraphOptimization::Basic),
+            ("extended", GraphOptimization::Extended),
+            ("all", GraphOptimization::All),
+        ] {
+            let c = apply(&base, &format!("graph_optimization_level: \"{text}\"")).unwrap();
+            assert_eq!(c.graph_optimization, level);
+            assert_eq!(level.name(), text);
+        }
+        assert_eq!(
+            apply(&base, "graph_optimization_level: \"ALL\"").unwrap_err(),
+            "graph_optimization_level must be one of disable, basic, extended, all; got \"ALL\""
         );
     }
 

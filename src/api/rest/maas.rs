@@ -1,7 +1,8 @@
 //! maas's own REST routes: `GET /maas/v1/models/{model}`, what operators want to know about a
 //! model's versions beyond TF Serving's status (whose `error_message` stays "" for a healthy
 //! version): per version the state, the execution providers actually registered, sessions,
-//! batching, load time, warmup outcome and the load error.
+//! batching, load time, warmup outcome and the load error, and how the version was made when
+//! `maas optimize` made it (its `optimization.json`).
 use super::tf::error_code_name;
 use super::{respond, Mgr};
 use crate::manager::{LoadReport, ModelDetails, ModelManager, VersionDetails, WarmupOutcome};
@@ -29,12 +30,50 @@ async fn usage(q: Result<axum::extract::Query<UsageQuery>, axum::extract::reject
 }
 
 async fn model_details(State(m): Mgr, Path(model): Path<String>) -> Response {
-    respond(m.details(&model).map(|d| model_json(&d).to_string()))
+    let details = match m.details(&model) {
+        Ok(d) => d,
+        Err(e) => return respond(Err(e)),
+    };
+    // optimization.json files are read from disk, off the reactor.
+    let body = tokio::task::spawn_blocking(move || model_json(&details).to_string()).await;
+    respond(body.map_err(|e| crate::error::Error::Internal(format!("the status task failed: {e}"))))
 }
 
 fn model_json(d: &ModelDetails) -> Value {
-    let versions: Vec<Value> = d.versions.iter().map(|(v, details)| version_json(*v, details)).collect();
+    let dirs = d.local_dir.as_deref().map(version_dirs).unwrap_or_default();
+    let versions: Vec<Value> = d
+        .versions
+        .iter()
+        .map(|(v, details)| {
+            let mut j = version_json(*v, details);
+            if let Some(o) = j.as_object_mut() {
+                o.insert("optimization".into(), optimization_json(details.dir.as_ref().or(dirs.get(v))));
+            }
+            j
+        })
+        .collect();
     json!({"model": d.name, "problem": d.problem, "versions": versions})
+}
+
+/// Version number -> directory (names may have leading zeros). Quiet: the scans log what they ignore.
+fn version_dirs(base: &std::path::Path) -> std::collections::HashMap<i64, std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(base) else { return Default::default() };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((crate::repository::parse_version(&e.file_name().to_string_lossy())?, e.path())))
+        .filter(|(_, p)| p.is_dir())
+        .collect()
+}
+
+/// The version's `optimization.json` (written by `maas optimize`), null without one.
+fn optimization_json(dir: Option<&std::path::PathBuf>) -> Value {
+    let Some(file) = dir.map(|d| d.join(crate::optimize::provenance::PROVENANCE_FILE)) else { return Value::Null };
+    match std::fs::read(&file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
+        Err(e) => json!({"error": format!("cannot read {}: {e}", file.display())}),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| json!({"error": format!("{} is not valid JSON: {e}", file.display())})),
+    }
 }
 
 fn version_json(version: i64, d: &VersionDetails) -> Value {
