@@ -48,7 +48,8 @@ pub async fn serve(
     serve_with_metrics(cfg, env, listener, rest, None, shutdown).await
 }
 
-/// Like [`serve`], also serving the Prometheus metrics on `metrics` (`--metrics-port`).
+/// Like [`serve`], also serving the Prometheus metrics on `metrics` (`--metrics-port`, with the REST
+/// port's TLS).
 pub async fn serve_with_metrics(
     cfg: ServeConfig,
     env: &'static ort::environment::Environment,
@@ -128,7 +129,7 @@ pub async fn serve_with_metrics(
                 max_tensor_bytes,
                 tenancy.clone(),
             );
-            let router = crate::metrics::http::with_path(router, &manager, cfg.monitoring_path.as_deref());
+            let router = crate::metrics::http::with_path(router, cfg.monitoring_path.as_deref());
             let conns =
                 crate::tls::accept(rest_listener, tls.as_ref().map(|t| Arc::clone(&t.rest)), handshake_timeout, "REST");
             let rest_listener = crate::tls::ConnListener::new(conns, rest_addr);
@@ -153,6 +154,8 @@ pub async fn serve_with_metrics(
             let addr = l.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(%addr, "maas metrics server listening");
             let router = crate::metrics::http::metrics_router(&manager, cfg.monitoring_path.as_deref());
+            let conns = crate::tls::accept(l, tls.as_ref().map(|t| Arc::clone(&t.rest)), handshake_timeout, "metrics");
+            let l = crate::tls::ConnListener::new(conns, addr);
             let mut stop = stop_rx.clone();
             let graceful = async move {
                 let _ = stop.wait_for(|s| *s).await;

@@ -465,6 +465,11 @@ async fn monitoring_config_path_and_metrics_port() {
             1.0
         );
     }
+    // The monitoring path goes through the REST port's layers as /metrics (here: the request id).
+    for path in ["/metrics", "/monitoring/prometheus/metrics"] {
+        let r = reqwest::get(format!("http://{}{path}", server.rest_addr)).await.unwrap();
+        assert!(r.headers().contains_key("x-request-id"), "{path}: {:?}", r.headers());
+    }
     // The metrics port serves nothing else; the REST port still serves everything else.
     assert_eq!(get(metrics, "/v1/models/numbers_classifier").await.0, 404);
     assert_eq!(get(server.rest_addr, "/v1/models/numbers_classifier").await.0, 200);

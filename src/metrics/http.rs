@@ -3,10 +3,10 @@
 use super::encode::CONTENT_TYPE;
 use crate::manager::ModelManager;
 use crate::proto::tensorflow::serving::MonitoringConfig;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,15 +22,25 @@ pub async fn scrape(State(manager): State<Arc<ModelManager>>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
 }
 
-/// `router` with the exposition also at `path` (in front of every other route, so it can never
-/// collide with one).
-pub fn with_path(router: Router, manager: &Arc<ModelManager>, path: Option<&str>) -> Router {
-    match path {
-        Some(p) if p != METRICS_PATH => {
-            Router::new().route(p, get(scrape)).with_state(Arc::clone(manager)).fallback_service(router)
+/// `router` with the exposition also at `path`: a request for `path` goes through `router` as a
+/// request for `/metrics`, so every layer of `router` (request ids, access log, tenancy) treats both
+/// alike; `path` is matched first, so it can never collide with a route of `router`.
+pub fn with_path(router: Router, path: Option<&str>) -> Router {
+    let Some(path) = path.filter(|p| *p != METRICS_PATH) else {
+        return router;
+    };
+    let inner = router.clone();
+    let forward = move |mut req: Request| {
+        let mut inner = inner.clone();
+        async move {
+            *req.uri_mut() = Uri::from_static(METRICS_PATH);
+            match tower_service::Service::call(&mut inner, req).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
         }
-        _ => router,
-    }
+    };
+    Router::new().route(path, any(forward)).fallback_service(router)
 }
 
 /// The router of `--metrics-port`: `/metrics` and the monitoring config's path; 404 elsewhere.
@@ -42,7 +52,7 @@ pub fn metrics_router(manager: &Arc<ModelManager>, path: Option<&str>) -> Router
             (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body)
         })
         .with_state(Arc::clone(manager));
-    with_path(router, manager, path)
+    with_path(router, path)
 }
 
 /// Reads TF Serving's `MonitoringConfig` text file: the Prometheus path when enabled (its `path`, or
