@@ -230,6 +230,21 @@ async fn answers_keys_limits_and_reloads_over_tls() {
         kv.model_statistics(auth(v2::ModelStatisticsRequest::default(), Some(&k.ops))).await.unwrap().into_inner();
     assert_eq!(admin_stats.model_stats.len(), 2);
 
+    // Refusals are counted per tenant and reason: one more call for a model outside the list adds one.
+    let c = https(&pki, None);
+    let rejected = |metrics: &Value, labels: &str| -> u64 {
+        let prefix = format!("maas_tenant_rejected_total{{{labels}}} ");
+        let text = metrics.as_str().unwrap();
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
+    };
+    let not_allowed = r#"tenant="acme",reason="model_not_allowed""#;
+    let (_, _, before) = rest(&c, server.rest_addr, "GET", "/metrics", Some(&k.ops), None).await;
+    assert!(rejected(&before, not_allowed) >= 3, "{before}");
+    assert!(rejected(&before, r#"tenant="",reason="unauthenticated""#) >= 9, "{before}");
+    tf.predict(auth(tf_req("identity_string", 1), a)).await.unwrap_err();
+    let (_, _, after) = rest(&c, server.rest_addr, "GET", "/metrics", Some(&k.ops), None).await;
+    assert_eq!(rejected(&after, not_allowed), rejected(&before, not_allowed) + 1);
+
     // Row 3: admin-only APIs.
     let e = ms.handle_reload_config_request(auth(ReloadConfigRequest::default(), a)).await.unwrap_err();
     assert_eq!(
@@ -289,8 +304,11 @@ async fn answers_keys_limits_and_reloads_over_tls() {
         tf.predict(auth(tf_req("numbers_classifier", 1), b)).await.unwrap();
     }
 
+    let (_, _, metrics) = rest(&c, server.rest_addr, "GET", "/metrics", Some(&k.ops), None).await;
+    assert_eq!(rejected(&metrics, r#"tenant="beta",reason="requests_per_second""#), 2, "{metrics}");
+    assert_eq!(rejected(&metrics, r#"tenant="acme",reason="permission_denied""#), 2, "{metrics}");
+
     // The same rows over TF REST and v2 REST.
-    let c = https(&pki, None);
     let r = server.rest_addr;
     for (path, body) in
         [("/v1/models/numbers_classifier:predict", tf_body(1)), ("/v2/models/numbers_classifier/infer", v2_body(1))]
