@@ -460,6 +460,30 @@ async fn client_certificates_and_rotation() {
     let (s, _, _) =
         rest(&c, server.rest_addr, "POST", "/v2/models/numbers_classifier/infer", None, Some(v2_body(2))).await;
     assert_eq!(s, 200);
+    // curl with --cacert/--cert/--key: the certificate names acme; without it the handshake fails.
+    let (cert, key) = (dir.path().join("acme.pem"), dir.path().join("acme.key"));
+    std::fs::write(&cert, &acme.cert_pem).unwrap();
+    std::fs::write(&key, &acme.key_pem).unwrap();
+    let url = format!("https://localhost:{}/v2/models/numbers_classifier/infer", server.rest_addr.port());
+    let resolve = format!("localhost:{}:127.0.0.1", server.rest_addr.port());
+    let curl = |with_cert: bool| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sS", "--resolve", &resolve, "--cacert"]).arg(&pki.ca);
+        if with_cert {
+            cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
+        }
+        cmd.args(["-H", "content-type: application/json", "-d", &v2_body(2).to_string(), "-w", "\n%{http_code}"]);
+        cmd.arg(&url).output().unwrap()
+    };
+    let out = curl(true);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "200", "{text}");
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["model_name"], "numbers_classifier");
+    assert_eq!(v["outputs"][0]["shape"][0], 2);
+    let out = curl(false);
+    assert!(!out.status.success() || String::from_utf8_lossy(&out.stdout).ends_with("000"), "no client certificate");
 
     // Rotation: replace the files; new connections get the new certificate, the open one keeps working.
     let before = peer_cert(server.addr, &pki, &acme).await;
