@@ -4,6 +4,7 @@ mod batching;
 mod convert;
 pub mod env;
 pub mod gpu;
+pub mod inline;
 mod merge;
 mod padding;
 mod providers;
@@ -45,6 +46,8 @@ pub struct RuntimeConfig {
     pub graph_optimization: GraphOptimization,
     /// TensorRT build options (per model, from `maas.pbtxt`).
     pub tensorrt: trt_options::TrtOptions,
+    /// Short runs on the I/O thread (`--inline-execution`, `maas.pbtxt` `inline_execution`).
+    pub inline: inline::InlineSettings,
 }
 
 impl RuntimeConfig {
@@ -73,6 +76,7 @@ impl Default for RuntimeConfig {
             trt_engine_cache_dir: None,
             graph_optimization: GraphOptimization::All,
             tensorrt: trt_options::TrtOptions::default(),
+            inline: inline::InlineSettings::default(),
         }
     }
 }
