@@ -138,6 +138,8 @@ pub struct Servable {
     metrics: OnceLock<Arc<crate::metrics::VersionMetrics>>,
     /// Which runs are short enough for the I/O thread ([`super::inline`]).
     pub inline: Inline,
+    label: String,
+    version_string: String,
 }
 
 impl std::fmt::Debug for Servable {
@@ -219,6 +221,8 @@ impl Servable {
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             metrics: OnceLock::new(),
             inline: Inline::new(cfg.inline),
+            label: format!("model '{model}' version {version}"),
+            version_string: version.to_string(),
         })
     }
 
@@ -265,8 +269,14 @@ impl Servable {
         self.path.parent().unwrap_or(&self.path)
     }
 
-    pub(crate) fn what(&self) -> String {
-        format!("model '{}' version {}", self.model, self.version)
+    /// "model 'm' version v", for messages (built once at load).
+    pub fn what(&self) -> &str {
+        &self.label
+    }
+
+    /// The version as a string, as the protocols answer it (built once at load).
+    pub fn version_str(&self) -> &str {
+        &self.version_string
     }
 
     /// Checks a request against the signature: every input present, known, with the right dtype and
