@@ -1,10 +1,13 @@
 //! `maas bench`: the same closed-loop measurement against a running server (`load`, over gRPC) and
 //! against ONNX Runtime alone in this process (`inprocess`, the limit), with the same synthesized
-//! inputs and the same report, so the two can be compared side by side (`scripts/bench.sh`).
+//! inputs and the same report, so the two can be compared side by side (`scripts/bench.sh`); and
+//! `floor`, a bare tonic server answering maas's reply without doing anything, the floor under
+//! maas's own cost per request.
 //!
 //! Both run `--warmup-seconds` first, then measure for `--seconds`: a request counts when it completes
 //! inside the measured window. Latencies go into an HDR histogram (nanoseconds, 3 significant digits);
 //! failures are counted over the whole run, by status code with the first message of each code.
+pub mod floor;
 pub mod inprocess;
 pub mod load;
 pub mod report;
@@ -30,6 +33,10 @@ pub enum BenchCommand {
     /// The limit: the same model on ONNX Runtime in this process (no network, no server), with the
     /// session options maas uses.
     Inprocess(inprocess::InprocessArgs),
+    /// The floor: a bare tonic server on maas's Predict and ModelInfer paths that skips the request and
+    /// answers a fixed reply (maas's answer for the model, computed once at start). Serves until
+    /// SIGTERM or Ctrl-C; drive it with `load` to measure what tonic alone costs per request.
+    Floor(floor::FloorArgs),
 }
 
 /// Runs the benchmark and prints its report on stdout. `Ok(true)`: every request succeeded;
@@ -38,6 +45,10 @@ pub fn run(args: BenchArgs) -> Result<bool, String> {
     let report = match args.command {
         BenchCommand::Load(a) => load::run(&a)?,
         BenchCommand::Inprocess(a) => inprocess::run(&a)?,
+        BenchCommand::Floor(a) => {
+            floor::run(&a)?;
+            return Ok(true);
+        }
     };
     report.print()?;
     Ok(report.errors == 0)
