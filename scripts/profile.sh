@@ -4,7 +4,7 @@
 # instrumentation off while it loads and warms up, turns it on for a fixed load from `maas bench load`
 # (pinned to CPU 1, which also counts the server's context switches), dumps, and prints the self
 # cost grouped by library / crate / maas module, per request (scripts/callgrind_summary.py), then the
-# top functions by inclusive and by self cost (callgrind_annotate).
+# top functions by inclusive and by self cost, and maas's own by inclusive cost (callgrind_annotate).
 #
 # Usage: scripts/profile.sh [--model M] [--protocol tf|v2] [--concurrency C] [--seconds S] [--top N] [-- SERVE FLAGS...]
 #   defaults: numbers_classifier, tf, concurrency 1, 20 s, top 25; the server serves model_repository/
@@ -65,11 +65,19 @@ DUMP=$(ls -t "$WORK"/callgrind.out.* | head -1)
 echo "profile.sh: $REQUESTS requests of $MODEL ($PROTOCOL, concurrency $CONC) under callgrind; profile $DUMP"
 echo "profile.sh: the server's context switches per request under callgrind: ${SWITCHES:--} (valgrind runs one thread at a time, so this is not the native count; bench.sh has that)"
 python3 scripts/callgrind_summary.py "$DUMP" "$REQUESTS"
-# Rust symbols are long: the cost columns and the first 200 characters of each line.
-top() { callgrind_annotate --inclusive="$1" --threshold=100 "$DUMP" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | grep -v 'PROGRAM TOTALS' | head -n "$TOP" | cut -c1-200; }
+# Cost, share and function: the source file and the object are dropped and Rust's long names cut to 200
+# characters. (`|| true`: head closes the pipe early, which pipefail would count as a failure.)
+top() {
+  callgrind_annotate --inclusive="$1" --threshold=100 "$DUMP" 2>/dev/null | grep -E '^ *[0-9,]+ \(' \
+    | grep -v 'PROGRAM TOTALS' | grep -E -- "${2:-.}" | sed -E 's/^( *[0-9,]+ \([ 0-9.]+%\) +)[^ ]*\.(rs|c|cc|cpp|h|hpp|S)(:|\?\?\?:)/\1/; s/^( *[0-9,]+ \([ 0-9.]+%\) +)\?\?\?:/\1/; s/ \[[^]]*\]$//' \
+    | head -n "$TOP" | cut -c1-200 || true
+}
 echo
 echo "top $TOP functions by inclusive cost (instructions, % of all in the window):"
 top yes
 echo
 echo "top $TOP functions by self cost:"
 top no
+echo
+echo "top $TOP of maas's own functions by inclusive cost:"
+top yes 'maas::'
