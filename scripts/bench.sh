@@ -6,11 +6,17 @@
 #   - `maas bench inprocess` pinned to CPU 0: the same model on ONNX Runtime in one process with
 #     the same session, threads and concurrency, no network -- what a server could reach at best.
 #
+#   - the floor: `maas bench floor` pinned to CPU 0, a bare tonic server on the same service paths
+#     that skips the request and answers numbers_classifier's reply (computed once at its start), with
+#     maas's server settings: what tonic alone costs per request. maas's ratio to it is maas's own cost.
+#
 # Cases: resnet50 (batch 1) at concurrency 1 and 4, numbers_classifier at 1 and 16 (TF Serving
-# Predict and KServe v2 ModelInfer), wide_mlp at 1 and 16 (TF), and numbers_classifier at 64
-# unbatched vs a second server with --enable-batching; then numbers_classifier and wide_mlp at 1 and
-# 16 against a Python server (scripts/python_baseline_server.py). Tables at the end; the JSON reports,
-# server logs and generated models stay in a temporary directory (printed).
+# Predict and KServe v2 ModelInfer; also against the floor), wide_mlp at 1 and 16 (TF), and
+# numbers_classifier at 64 unbatched vs a second server with --enable-batching; then
+# numbers_classifier and wide_mlp at 1 and 16 against a Python server
+# (scripts/python_baseline_server.py). Every load run reads the server's CPU time and context
+# switches (/proc) over the measured window. Tables at the end; the JSON reports, server logs and
+# generated models stay in a temporary directory (printed).
 #
 # Usage: scripts/bench.sh [--seconds S] [--warmup-seconds W] [--connections K]
 #        scripts/bench.sh S                 (same as --seconds S)
@@ -20,7 +26,7 @@ cd "$(dirname "$0")/.."
 SECS=10
 WARMUP=1
 CONNECTIONS=1
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) SECS=$2; shift 2 ;;
@@ -137,6 +143,29 @@ case_run numbers_classifier tf 64
 kill "$MAIN_PID" 2>/dev/null || true
 wait "$MAIN_PID" 2>/dev/null || true
 
+# The floor for numbers_classifier, on CPU 0 like maas, driven the same way (label: CASE-floor).
+FLOOR_LOG=$LOGS/floor.log
+taskset -c 0 "$MAAS" bench floor --model-path "$REPO/numbers_classifier/1/model.onnx" >"$FLOOR_LOG" 2>&1 &
+SERVER_PID=$!
+PIDS+=("$SERVER_PID")
+SERVER_ADDR=""
+for _ in $(seq 600); do
+  SERVER_ADDR=$(grep -o 'listening addr=[0-9.]*:[0-9]*' "$FLOOR_LOG" | head -1 | cut -d= -f2 || true)
+  [ -n "$SERVER_ADDR" ] && break
+  kill -0 "$SERVER_PID" 2>/dev/null || break
+  sleep 0.1
+done
+if [ -n "$SERVER_ADDR" ]; then
+  echo "bench.sh: floor (pid $SERVER_PID) serving on $SERVER_ADDR: $(head -1 "$FLOOR_LOG")"
+  for c in 1 16; do for p in tf v2; do load_run "numbers_classifier-$p-c$c-floor" numbers_classifier "$p" "$c"; done; done
+else
+  echo "bench.sh: the floor server did not start; see $FLOOR_LOG:" >&2
+  tail -3 "$FLOOR_LOG" >&2
+  FAILED=1
+fi
+kill "$SERVER_PID" 2>/dev/null || true
+wait "$SERVER_PID" 2>/dev/null || true
+
 BATCHING_FILE=$WORK/batching_parameters.txt
 cat >"$BATCHING_FILE" <<'EOF'
 max_batch_size { value: 64 }
@@ -196,7 +225,8 @@ fi
 
 echo
 echo "maas vs in-process ONNX Runtime: 1 session, 1 intra-op + 1 inter-op thread, ${SECS} s per run after ${WARMUP} s warmup (resnet50: $(run_secs resnet50) s after $(warmup_secs resnet50) s)"
-echo "(server on CPU 0, load generator on CPU 1, in-process on CPU 0; latencies in us; CPU in us per request)"
+echo "(server, floor and in-process on CPU 0, load generator on CPU 1; latencies in us; CPU in us per request;"
+echo " ctx/req: the server's voluntary + involuntary context switches per request, all threads)"
 "$PY" - "$RESULTS" "$BATCHED" "$PYCASES" "${CASES[@]}" <<'PY'
 import json, os, sys
 
@@ -212,34 +242,61 @@ def load(label, kind):
 def num(v, fmt="{:.0f}"):
     return "-" if v is None else fmt.format(v)
 
-def cpu(r):
-    return None if r is None or not r.get("cpu") else r["cpu"].get("cpu_us_per_request")
+def cpu(r, key="cpu_us_per_request"):
+    return None if r is None or not r.get("cpu") else r["cpu"].get(key)
 
-head = ["model", "proto", "c", "maas req/s", "in-proc req/s", "ratio", "maas p50/p99",
-        "in-proc p50/p99", "server CPU", "in-proc CPU", "overhead", "errors"]
+def ctx(r):
+    return cpu(r, "context_switches_per_request")
+
+def rps(r):
+    return r["requests_per_second"] if r else None
+
+def lat(r):
+    return "-" if r is None else f'{r["latency_us"]["p50"]:.0f}/{r["latency_us"]["p99"]:.0f}'
+
+def table(head, rows, left):
+    widths = [max(len(r[k]) for r in rows + [head]) for k in range(len(head))]
+    for r in [head] + rows:
+        print("  ".join(v.rjust(w) if k >= left else v.ljust(w) for k, (v, w) in enumerate(zip(r, widths))))
+
+head = ["model", "proto", "c", "maas req/s", "in-proc req/s", "ratio", "floor ratio", "maas p50/p99",
+        "in-proc p50/p99", "server CPU", "in-proc CPU", "overhead", "ctx/req", "errors"]
 rows = []
 def row(label, l, i, note=""):
     model = (l or i or {}).get("model", label)
     proto = (l or {}).get("protocol", "-") + note
     c = (l or i or {}).get("concurrency", "-")
-    lr = l["requests_per_second"] if l else None
-    ir = i["requests_per_second"] if i else None
+    lr, ir, fr = rps(l), rps(i), rps(load(label + "-floor", "load"))
     ratio = lr / ir if lr and ir else None
-    lat = lambda r: "-" if r is None else f'{r["latency_us"]["p50"]:.0f}/{r["latency_us"]["p99"]:.0f}'
     sc, ic = cpu(l), cpu(i)
     over = sc - ic if sc is not None and ic is not None else None
     errors = (l["errors"] if l else "FAILED")
-    rows.append([model, proto, str(c), num(lr), num(ir), num(ratio, "{:.2f}"), lat(l), lat(i),
-                 num(sc, "{:.1f}"), num(ic, "{:.1f}"), num(over, "{:.1f}"), str(errors)])
+    rows.append([model, proto, str(c), num(lr), num(ir), num(ratio, "{:.2f}"), num(lr / fr if lr and fr else None, "{:.2f}"),
+                 lat(l), lat(i), num(sc, "{:.1f}"), num(ic, "{:.1f}"), num(over, "{:.1f}"), num(ctx(l), "{:.2f}"), str(errors)])
 
 for label in cases:
     row(label, load(label, "load"), load(label, "inprocess"))
 if batched:
     row(batched, load(batched, "load"), None, " batched")
-widths = [max(len(r[k]) for r in rows + [head]) for k in range(len(head))]
-for r in [head] + rows:
-    print("  ".join(v.rjust(w) if k >= 2 else v.ljust(w) for k, (v, w) in enumerate(zip(r, widths))))
-print("ratio = maas req/s / in-process req/s; overhead = server CPU - in-process CPU per request")
+table(head, rows, 2)
+print("ratio = maas req/s / in-process req/s; floor ratio = maas req/s / the floor's req/s (a bare tonic server")
+print("answering the same reply, below); overhead = server CPU - in-process CPU per request")
+
+floors = [label for label in cases if load(label + "-floor", "load")]
+if floors:
+    print()
+    print("maas vs the floor (maas bench floor: bare tonic 0.14, same service paths and server settings, fixed reply")
+    print("of the same size, no decoding of tensors, no inference), both pinned to CPU 0:")
+    head = ["model", "proto", "c", "maas req/s", "floor req/s", "maas/floor", "maas p50/p99", "floor p50/p99",
+            "maas CPU", "floor CPU", "maas ctx/req", "floor ctx/req", "errors"]
+    rows = []
+    for label in floors:
+        m, f = load(label, "load"), load(label + "-floor", "load")
+        mr, fr = rps(m), rps(f)
+        rows.append([f["model"], f["protocol"], str(f["concurrency"]), num(mr), num(fr), num(mr / fr if mr and fr else None, "{:.2f}"),
+                     lat(m), lat(f), num(cpu(m), "{:.1f}"), num(cpu(f), "{:.1f}"), num(ctx(m), "{:.2f}"),
+                     num(ctx(f), "{:.2f}"), str(f["errors"])])
+    table(head, rows, 2)
 if batched:
     u, b = load("numbers_classifier-tf-c64", "load"), load(batched, "load")
     if u and b and u["requests_per_second"]:
@@ -252,19 +309,16 @@ if pycases:
     print()
     print("maas vs a Python server (grpcio + onnxruntime Python API, same session options, pinned to CPU 0), TF Predict:")
     head = ["model", "c", "maas req/s", "python req/s", "maas/python", "maas p50/p99", "python p50/p99",
-            "maas CPU", "python CPU", "errors"]
+            "maas CPU", "python CPU", "maas ctx/req", "python ctx/req", "errors"]
     rows = []
     for case in pycases:
         model, c = case.split(":")
         m, p = load(f"{model}-tf-c{c}", "load"), load(f"{model}-python-c{c}", "load")
-        mr = m["requests_per_second"] if m else None
-        pr = p["requests_per_second"] if p else None
-        lat = lambda r: "-" if r is None else f'{r["latency_us"]["p50"]:.0f}/{r["latency_us"]["p99"]:.0f}'
+        mr, pr = rps(m), rps(p)
         rows.append([model, c, num(mr), num(pr), num(mr / pr if mr and pr else None, "{:.2f}"), lat(m), lat(p),
-                     num(cpu(m), "{:.1f}"), num(cpu(p), "{:.1f}"), str(p["errors"] if p else "FAILED")])
-    widths = [max(len(r[k]) for r in rows + [head]) for k in range(len(head))]
-    for r in [head] + rows:
-        print("  ".join(v.rjust(w) if k >= 1 else v.ljust(w) for k, (v, w) in enumerate(zip(r, widths))))
+                     num(cpu(m), "{:.1f}"), num(cpu(p), "{:.1f}"), num(ctx(m), "{:.2f}"), num(ctx(p), "{:.2f}"),
+                     str(p["errors"] if p else "FAILED")])
+    table(head, rows, 1)
 PY
 echo
 echo "models:  $REPO"

@@ -108,6 +108,10 @@ async fn load_over_tf_and_v2_reaches_the_server() {
         assert!(f(&r, "/cpu/cpu_seconds") > 0.0, "{r:#}");
         assert!(f(&r, "/cpu/cpu_us_per_request") > 0.0, "{r:#}");
         assert!(f(&r, "/cpu/utilization") > 0.0, "{r:#}");
+        // This process's threads block and wake for every request.
+        assert!(f(&r, "/cpu/voluntary_context_switches") > 0.0, "{r:#}");
+        assert!(r["cpu"]["involuntary_context_switches"].is_u64(), "{r:#}");
+        assert!(f(&r, "/cpu/context_switches_per_request") > 0.0, "{r:#}");
     }
     server.stop().await.unwrap();
 }

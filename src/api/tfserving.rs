@@ -113,7 +113,8 @@ fn spec_out(s: &Servable) -> ModelSpec {
     }
 }
 
-fn tensor_info(spec: &TensorSpec) -> TensorInfo {
+/// A signature entry as GetModelMetadata reports it (also `maas bench floor`'s fixed metadata).
+pub(crate) fn tensor_info(spec: &TensorSpec) -> TensorInfo {
     TensorInfo {
         dtype: tf_tensor::dtype_to_tf(spec.dtype) as i32,
         tensor_shape: Some(TensorShapeProto {

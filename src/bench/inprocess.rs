@@ -6,7 +6,7 @@
 //! this and `load` is the cost of serving.
 use super::report::{Cpu, Recorder, Report};
 use super::synth::synthesize_with;
-use super::{check_counts, sample_cpu, Window};
+use super::{check_counts, sample_usage, Window};
 use crate::tensor::{fmt_shape, DType, Tensor, TensorData};
 use clap::Args;
 use half::{bf16, f16};
@@ -142,7 +142,7 @@ pub fn run_with_inputs(a: &InprocessArgs, given: Option<Vec<(String, Tensor)>>) 
     let pool = Pool { free: Mutex::new(sessions), returned: Condvar::new() };
     let window = Window::new(a.warmup_seconds, a.seconds)?;
     let pid = std::process::id();
-    let sampler = sample_cpu(pid, window);
+    let sampler = sample_usage(pid, window);
     let recorders: Vec<Result<Recorder, String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..a.concurrency)
             .map(|_| {

@@ -4,7 +4,9 @@
 //! previous answer arrives.
 use super::report::{Cpu, Recorder, Report};
 use super::synth::synthesize_with;
-use super::{check_counts, error_chain, is_text_format, process_cpu_time, sample_cpu, Window};
+use super::{
+    check_counts, error_chain, is_text_format, process_cpu_time, sample_usage, thread_context_switches, Window,
+};
 use crate::api::tf_tensor::{dtype_from_tf, encode as tf_encode};
 use crate::api::v2_tensor::encode_raw;
 use crate::api::v2_types::{dtype_from_v2, dtype_to_v2};
@@ -94,8 +96,9 @@ pub struct LoadArgs {
     #[arg(long, value_name = "FILE")]
     pub request_file: Option<PathBuf>,
 
-    /// The server's process id: report its CPU time per request and its CPU utilisation during the
-    /// measured window (utime + stime from /proc/PID/stat).
+    /// The server's process id: report its CPU time per request, its CPU utilisation and its context
+    /// switches per request during the measured window (utime + stime from /proc/PID/stat; voluntary
+    /// and involuntary switches summed over /proc/PID/task/*/status).
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
 
@@ -188,6 +191,7 @@ pub fn run(a: &LoadArgs) -> Result<Report, String> {
     }
     if let Some(pid) = a.server_pid {
         process_cpu_time(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?;
+        thread_context_switches(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?;
     }
     let threads = match a.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -243,7 +247,7 @@ async fn run_async(a: &LoadArgs) -> Result<Report, String> {
     })?;
 
     let window = Window::new(a.warmup_seconds, a.seconds)?;
-    let cpu = a.server_pid.map(|pid| (pid, sample_cpu(pid, window)));
+    let cpu = a.server_pid.map(|pid| (pid, sample_usage(pid, window)));
     let mut tasks = Vec::with_capacity(a.concurrency);
     for i in 0..a.concurrency {
         let mut client = Client::new(channels[i % channels.len()].clone(), &request);

@@ -1,16 +1,20 @@
 //! `maas bench`: the same closed-loop measurement against a running server (`load`, over gRPC) and
 //! against ONNX Runtime alone in this process (`inprocess`, the limit), with the same synthesized
-//! inputs and the same report, so the two can be compared side by side (`scripts/bench.sh`).
+//! inputs and the same report, so the two can be compared side by side (`scripts/bench.sh`); and
+//! `floor`, a bare tonic server answering maas's reply without doing anything, the floor under
+//! maas's own cost per request.
 //!
 //! Both run `--warmup-seconds` first, then measure for `--seconds`: a request counts when it completes
 //! inside the measured window. Latencies go into an HDR histogram (nanoseconds, 3 significant digits);
 //! failures are counted over the whole run, by status code with the first message of each code.
+pub mod floor;
 pub mod inprocess;
 pub mod load;
 pub mod report;
 pub mod synth;
 
 use clap::{Args, Subcommand};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,10 @@ pub enum BenchCommand {
     /// The limit: the same model on ONNX Runtime in this process (no network, no server), with the
     /// session options maas uses.
     Inprocess(inprocess::InprocessArgs),
+    /// The floor: a bare tonic server on maas's Predict and ModelInfer paths that skips the request and
+    /// answers a fixed reply (maas's answer for the model, computed once at start). Serves until
+    /// SIGTERM or Ctrl-C; drive it with `load` to measure what tonic alone costs per request.
+    Floor(floor::FloorArgs),
 }
 
 /// Runs the benchmark and prints its report on stdout. `Ok(true)`: every request succeeded;
@@ -37,6 +45,10 @@ pub fn run(args: BenchArgs) -> Result<bool, String> {
     let report = match args.command {
         BenchCommand::Load(a) => load::run(&a)?,
         BenchCommand::Inprocess(a) => inprocess::run(&a)?,
+        BenchCommand::Floor(a) => {
+            floor::run(&a)?;
+            return Ok(true);
+        }
     };
     report.print()?;
     Ok(report.errors == 0)
@@ -120,15 +132,71 @@ fn clock_ticks_per_second() -> u64 {
     }
 }
 
-/// Samples a process's CPU time at the start and at the end of the measured window, on its own thread
-/// (so that a busy benchmark does not delay the samples). Returns the CPU time used in between.
-pub(crate) fn sample_cpu(pid: u32, window: Window) -> std::thread::JoinHandle<Result<Duration, String>> {
+/// Context switches of a process so far, by thread id: (voluntary, involuntary), from
+/// `/proc/<pid>/task/<tid>/status` (`voluntary_ctxt_switches`, `nonvoluntary_ctxt_switches`).
+/// A thread that exits between listing and reading is left out.
+pub fn thread_context_switches(pid: u32) -> Result<HashMap<u32, (u64, u64)>, String> {
+    let dir = format!("/proc/{pid}/task");
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("cannot read {dir}: {e}"))?;
+    let mut out = HashMap::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot read {dir}: {e}"))?;
+        let Some(tid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let path = entry.path().join("status");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            // The thread ended after the listing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => continue,
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        out.insert(tid, context_switches_from_status(&text).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    Ok(out)
+}
+
+/// (voluntary, involuntary) context switches from a `/proc/.../status` text.
+fn context_switches_from_status(status: &str) -> Result<(u64, u64), String> {
+    let field = |key: &str| -> Result<u64, String> {
+        let line = status.lines().find_map(|l| l.strip_prefix(key)).ok_or_else(|| format!("has no {key}"))?;
+        let v = line.trim_start_matches(':').trim();
+        v.parse::<u64>().map_err(|e| format!("{key} ({v:?}) is not a number: {e}"))
+    };
+    Ok((field("voluntary_ctxt_switches")?, field("nonvoluntary_ctxt_switches")?))
+}
+
+/// What a process used during the measured window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// User + system CPU time of every thread.
+    pub cpu: Duration,
+    /// Voluntary context switches (the thread blocked: a futex, epoll, a read) of every thread.
+    pub voluntary_switches: u64,
+    /// Involuntary context switches (the scheduler preempted the thread) of every thread.
+    pub involuntary_switches: u64,
+}
+
+/// Context switches between two per-thread snapshots: a thread that started in between counts
+/// from 0, one that ended in between is left out (its last switches are lost, never negative).
+fn switches_between(before: &HashMap<u32, (u64, u64)>, after: &HashMap<u32, (u64, u64)>) -> (u64, u64) {
+    after.iter().fold((0, 0), |(v, n), (tid, &(va, na))| {
+        let (vb, nb) = before.get(tid).copied().unwrap_or((0, 0));
+        (v + va.saturating_sub(vb), n + na.saturating_sub(nb))
+    })
+}
+
+/// Samples a process's CPU time and its threads' context switches at the start and at the end of
+/// the measured window, on its own thread (so that a busy benchmark does not delay the samples).
+/// Returns what was used in between.
+pub(crate) fn sample_usage(pid: u32, window: Window) -> std::thread::JoinHandle<Result<Usage, String>> {
     std::thread::spawn(move || {
         sleep_until(window.measure_start);
+        let switches_before = thread_context_switches(pid)?;
         let before = process_cpu_time(pid)?;
         sleep_until(window.end);
         let after = process_cpu_time(pid)?;
-        Ok(after.saturating_sub(before))
+        let switches_after = thread_context_switches(pid)?;
+        let (voluntary_switches, involuntary_switches) = switches_between(&switches_before, &switches_after);
+        Ok(Usage { cpu: after.saturating_sub(before), voluntary_switches, involuntary_switches })
     })
 }
 
@@ -173,6 +241,20 @@ mod tests {
         assert_eq!(cpu_time_from_stat("1 (a) S 1", 100).unwrap_err(), "has no field 14");
         let own = process_cpu_time(std::process::id()).unwrap();
         assert!(own < Duration::from_secs(3600), "{own:?}");
+    }
+
+    #[test]
+    fn parses_context_switches() {
+        let status =
+            "Name:\tmaas\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(context_switches_from_status(status).unwrap(), (120, 7));
+        assert_eq!(context_switches_from_status("Name:\tx\n").unwrap_err(), "has no voluntary_ctxt_switches");
+        let before = HashMap::from([(1, (10, 1)), (2, (5, 5))]);
+        // Thread 2 ended, thread 3 started.
+        let after = HashMap::from([(1, (15, 3)), (3, (4, 1))]);
+        assert_eq!(switches_between(&before, &after), (9, 3));
+        let own = thread_context_switches(std::process::id()).unwrap();
+        assert!(own.contains_key(&std::process::id()), "{own:?}");
     }
 
     #[test]

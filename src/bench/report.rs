@@ -1,5 +1,6 @@
 //! What a benchmark measured: per-worker recorders, merged into one [`Report`], printed as text or
 //! JSON (`--json`, one object on stdout).
+use super::Usage;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -94,7 +95,7 @@ pub struct ErrorCount {
     pub first_message: String,
 }
 
-/// CPU time a process used during the measured window.
+/// CPU time and context switches of a process during the measured window.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Cpu {
     /// `server` (`load --server-pid`) or `self` (`inprocess`).
@@ -106,17 +107,29 @@ pub struct Cpu {
     pub cpu_us_per_request: Option<f64>,
     /// CPU seconds per wall-clock second (1.0 = one core busy all the time).
     pub utilization: f64,
+    /// Voluntary context switches of every thread (`/proc/<pid>/task/*/status`
+    /// `voluntary_ctxt_switches`: the thread blocked, e.g. on a futex or in epoll_wait).
+    pub voluntary_context_switches: u64,
+    /// Involuntary ones (`nonvoluntary_ctxt_switches`: the scheduler preempted the thread).
+    pub involuntary_context_switches: u64,
+    /// Both kinds per measured request (absent when no request completed). Threads that ended during
+    /// the window are not counted.
+    pub context_switches_per_request: Option<f64>,
 }
 
 impl Cpu {
-    pub fn new(process: &'static str, pid: u32, used: Duration, requests: u64, window: Duration) -> Cpu {
-        let cpu_seconds = used.as_secs_f64();
+    pub fn new(process: &'static str, pid: u32, used: Usage, requests: u64, window: Duration) -> Cpu {
+        let cpu_seconds = used.cpu.as_secs_f64();
+        let switches = used.voluntary_switches + used.involuntary_switches;
         Cpu {
             process,
             pid,
             cpu_seconds,
             cpu_us_per_request: (requests > 0).then(|| cpu_seconds * 1e6 / requests as f64),
             utilization: cpu_seconds / window.as_secs_f64().max(1e-9),
+            voluntary_context_switches: used.voluntary_switches,
+            involuntary_context_switches: used.involuntary_switches,
+            context_switches_per_request: (requests > 0).then(|| switches as f64 / requests as f64),
         }
     }
 }
@@ -205,6 +218,12 @@ impl Report {
                 c.utilization * 100.0,
                 c.pid
             );
+            let per = c.context_switches_per_request.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+            let _ = writeln!(
+                s,
+                "  ctx switches  {per} per request ({} voluntary, {} involuntary)",
+                c.voluntary_context_switches, c.involuntary_context_switches
+            );
         }
         s
     }
@@ -237,9 +256,36 @@ mod tests {
                 ErrorCount { code: "NOT_FOUND".into(), count: 2, first_message: "first".into() },
             ]
         );
-        let cpu = Cpu::new("server", 7, Duration::from_millis(500), 1000, Duration::from_secs(1));
+        let used = Usage { cpu: Duration::from_millis(500), voluntary_switches: 3000, involuntary_switches: 500 };
+        let cpu = Cpu::new("server", 7, used, 1000, Duration::from_secs(1));
         assert_eq!(cpu.cpu_us_per_request, Some(500.0));
         assert!((cpu.utilization - 0.5).abs() < 1e-9);
-        assert_eq!(Cpu::new("self", 7, Duration::ZERO, 0, Duration::from_secs(1)).cpu_us_per_request, None);
+        assert_eq!(cpu.context_switches_per_request, Some(3.5));
+        assert_eq!((cpu.voluntary_context_switches, cpu.involuntary_context_switches), (3000, 500));
+        let report = Report {
+            bench: "load",
+            model: "m".into(),
+            target: "127.0.0.1:1".into(),
+            protocol: Some("tf"),
+            concurrency: 1,
+            connections: Some(1),
+            sessions: None,
+            rows: Some(1),
+            inputs: vec![],
+            warmup_seconds: 0.0,
+            seconds: 1.0,
+            requests: 1000,
+            requests_per_second: 1000.0,
+            latency_us: Latency::default(),
+            errors: 0,
+            errors_by_code: vec![],
+            cpu: Some(cpu),
+            json: false,
+        };
+        let text = report.text();
+        assert!(text.contains("  server CPU    500.0 us/request (0.500 s CPU, 50% of one core; pid 7)\n"), "{text}");
+        assert!(text.contains("  ctx switches  3.50 per request (3000 voluntary, 500 involuntary)\n"), "{text}");
+        let none = Cpu::new("self", 7, Usage::default(), 0, Duration::from_secs(1));
+        assert_eq!((none.cpu_us_per_request, none.context_switches_per_request), (None, None));
     }
 }
