@@ -6,7 +6,9 @@
 # cost grouped by library / crate / maas module, per request (scripts/callgrind_summary.py), then the
 # top functions by inclusive and by self cost, and maas's own by inclusive cost (callgrind_annotate).
 #
-# Usage: scripts/profile.sh [--model M] [--protocol tf|v2] [--concurrency C] [--seconds S] [--top N] [-- SERVE FLAGS...]
+# Usage: scripts/profile.sh [--model M] [--protocol tf|v2] [--concurrency C] [--seconds S] [--top N] [--floor] [-- SERVE FLAGS...]
+#   --floor profiles `maas bench floor` (the bare tonic server answering the model's fixed reply) instead
+#   of `maas serve`, so the two per-request tables can be compared.
 #   defaults: numbers_classifier, tf, concurrency 1, 20 s, top 25; the server serves model_repository/
 #   with one session, one intra-op and one inter-op thread. Extra flags after -- go to `maas serve`
 #   (e.g. -- --enable-batching). Every step is bounded: start 180 s, load S + 120 s, dump and exit 120 s.
@@ -17,6 +19,7 @@ PROTOCOL=tf
 CONC=1
 SECS=20
 TOP=25
+FLOOR=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) MODEL=$2; shift 2 ;;
@@ -24,6 +27,7 @@ while [ $# -gt 0 ]; do
     --concurrency) CONC=$2; shift 2 ;;
     --seconds) SECS=$2; shift 2 ;;
     --top) TOP=$2; shift 2 ;;
+    --floor) FLOOR=1; shift ;;
     --) shift; break ;;
     -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "profile.sh: unknown argument $1" >&2; exit 2 ;;
@@ -41,18 +45,25 @@ fi
 MAAS_SKIP_VENV=1 ./scripts/setup.sh
 cargo build --release --bin maas
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/maas-profile.XXXXXX")
+if [ "$FLOOR" = 1 ]; then
+  VERSION_DIR=$(ls -d model_repository/"$MODEL"/[0-9]* | sort -t/ -k3 -n | tail -1)
+  SERVE=(./target/release/maas bench floor --model-path "$VERSION_DIR/model.onnx" "$@")
+else
+  SERVE=(./target/release/maas serve --model-repository model_repository --host 127.0.0.1 --port 0
+    --rest-api-port 0 --session-pool-size 1 --intra-op-threads 1 --inter-op-threads 1 "$@")
+fi
 "${PIN_SERVER[@]}" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
-  ./target/release/maas serve --model-repository model_repository --host 127.0.0.1 --port 0 \
-  --rest-api-port 0 --session-pool-size 1 --intra-op-threads 1 --inter-op-threads 1 "$@" 2>"$WORK/server.log" &
+  "${SERVE[@]}" 2>"$WORK/server.log" >"$WORK/server.out" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+ready() { grep -q "initial models loaded\|maas bench floor listening" "$WORK/server.log" "$WORK/server.out"; }
 for _ in $(seq 900); do
-  grep -q "initial models loaded" "$WORK/server.log" && break
+  ready && break
   kill -0 "$SERVER" 2>/dev/null || break
   sleep 0.2
 done
-grep -q "initial models loaded" "$WORK/server.log" || { echo "profile.sh: server did not start; see $WORK/server.log" >&2; exit 1; }
-ADDR=$(grep -o 'addr=127\.0\.0\.1:[0-9]*' "$WORK/server.log" | head -1 | cut -d= -f2)
+ready || { echo "profile.sh: server did not start; see $WORK/server.log" >&2; exit 1; }
+ADDR=$(cat "$WORK/server.log" "$WORK/server.out" | grep -o 'addr=127\.0\.0\.1:[0-9]*' | head -1 | cut -d= -f2)
 LOAD=("${PIN_LOAD[@]}" ./target/release/maas bench load --address "$ADDR" --model "$MODEL" --protocol "$PROTOCOL" --concurrency "$CONC")
 timeout 120 "${LOAD[@]}" --seconds 2 --warmup-seconds 1 >/dev/null
 callgrind_control -i on "$SERVER" >/dev/null

@@ -184,7 +184,7 @@ pub async fn serve_with_metrics(
     );
     let server = tonic::transport::Server::builder()
         .layer(crate::logging::grpc::GrpcRequestLayer)
-        .layer(crate::tenancy::auth::GrpcAuthLayer(tenancy.clone()))
+        .layer(crate::tenancy::auth::GrpcAuthLayer::optional(tenancy.clone()))
         .add_service(health_service)
         .add_service(crate::proto::maas::usage::v1::usage_service_server::UsageServiceServer::new(
             crate::tenancy::UsageService,

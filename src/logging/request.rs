@@ -59,21 +59,43 @@ pub fn check_request_id(id: &[u8]) -> Result<&str, Replaced> {
 
 /// A new request id: 128 bits as 32 lowercase hex digits.
 ///
-/// The bits are SipHash (std's `RandomState`, keyed from the operating system's random source once
-/// per process) of a process-wide counter, so ids are unique within a process and unpredictable
-/// across processes, without a random-number crate.
+/// Two 64-bit halves, each the SplitMix64 finalizer (a bijection) of a process-wide counter mixed
+/// with a per-process key (from std's `RandomState`, which the operating system's random source
+/// seeds): ids are unique within a process and differ across processes, without a random-number
+/// crate and without hashing or formatting machinery on the request path.
 pub fn new_request_id() -> String {
-    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    static KEYS: OnceLock<(u64, u64)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let keys = KEYS.get_or_init(std::collections::hash_map::RandomState::new);
+    let &(k0, k1) = KEYS.get_or_init(|| {
+        let s = std::collections::hash_map::RandomState::new();
+        let key = |lane: u64| {
+            let mut h = s.build_hasher();
+            h.write_u64(lane);
+            h.finish()
+        };
+        (key(0), key(1))
+    });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let half = |lane: u64| {
-        let mut h = keys.build_hasher();
-        h.write_u64(n);
-        h.write_u64(lane);
-        h.finish()
-    };
-    format!("{:016x}{:016x}", half(0), half(1))
+    let mut out = [0u8; 32];
+    hex_into(&mut out[..16], splitmix(n ^ k0));
+    hex_into(&mut out[16..], splitmix(n.wrapping_add(k1)));
+    out.iter().map(|&b| char::from(b)).collect()
+}
+
+/// SplitMix64's finalizer: a bijection of u64 that spreads every input bit over the output.
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `v` as 16 lowercase hex digits into `out`.
+fn hex_into(out: &mut [u8], v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
 }
 
 /// A valid W3C `traceparent`'s ids.

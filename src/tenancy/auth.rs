@@ -160,21 +160,29 @@ const GRPC_ADMIN: [&str; 4] = [
 const GRPC_METERED: [&str; 2] =
     ["/tensorflow.serving.PredictionService/Predict", "/inference.GRPCInferenceService/ModelInfer"];
 
-/// The tower layer in front of every gRPC service (a pass-through without tenancy).
+/// The tower layer in front of every gRPC service. Without tenancy it is not there at all
+/// (`tower::util::option_layer`), so an open server pays nothing per call.
 #[derive(Debug, Clone)]
-pub struct GrpcAuthLayer(pub Option<Arc<Tenancy>>);
+pub struct GrpcAuthLayer(pub Arc<Tenancy>);
+
+impl GrpcAuthLayer {
+    /// The layer when tenancy is on; the identity otherwise.
+    pub fn optional(tenancy: Option<Arc<Tenancy>>) -> tower::util::Either<GrpcAuthLayer, tower_layer::Identity> {
+        tower::util::option_layer(tenancy.map(GrpcAuthLayer))
+    }
+}
 
 impl<S> tower_layer::Layer<S> for GrpcAuthLayer {
     type Service = GrpcAuth<S>;
     fn layer(&self, inner: S) -> GrpcAuth<S> {
-        GrpcAuth { inner, tenancy: self.0.clone() }
+        GrpcAuth { inner, tenancy: Arc::clone(&self.0) }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct GrpcAuth<S> {
     inner: S,
-    tenancy: Option<Arc<Tenancy>>,
+    tenancy: Arc<Tenancy>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -208,7 +216,7 @@ where
     fn call(&mut self, mut req: axum::http::Request<tonic::body::Body>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let Some(tenancy) = self.tenancy.clone() else { return Box::pin(inner.call(req)) };
+        let tenancy = Arc::clone(&self.tenancy);
         let path = req.uri().path();
         if GRPC_OPEN.iter().any(|p| path.starts_with(p)) || GRPC_OPEN_EXACT.contains(&path) {
             return Box::pin(inner.call(req));
