@@ -213,6 +213,12 @@ fn maas(w: &mut Writer, r: &Registry, versions: &[Arc<VersionMetrics>], states: 
         w.int(name, &[("result", result)], r.polls[i].load(Relaxed));
     }
 
+    let name = "maas_model_memory_bytes";
+    w.family(name, "gauge", Some(MEMORY_HELP));
+    for v in versions {
+        w.int(name, &[("model", &v.model.name), ("version", &v.version.to_string())], v.memory_bytes());
+    }
+
     let name = "maas_execution_provider_info";
     w.family(name, "gauge", Some("The ONNX Runtime execution providers a model version runs on"));
     for v in versions {
@@ -222,3 +228,8 @@ fn maas(w: &mut Writer, r: &Registry, versions: &[Arc<VersionMetrics>], states: 
         }
     }
 }
+
+/// How `maas_model_memory_bytes` is obtained (measured, not estimated).
+const MEMORY_HELP: &str = "Memory a model version's load added to the process, in bytes: measured, as the growth of \
+the resident set (VmRSS) across the load (its sessions, weights and pre-packed weights, after memory freed by the \
+load is returned to the system); versions loading at the same time count into each other's";
