@@ -139,7 +139,11 @@ pub fn prepare(
         return (builder, None);
     }
     match share(&builder, path) {
-        Ok((shared_builder, shared)) => {
+        Ok(None) => {
+            tracing::debug!("{what}: no initializer of {EXTERNAL_MIN_BYTES} bytes or more to share");
+            (builder, None)
+        }
+        Ok(Some((shared_builder, shared))) => {
             tracing::info!(
                 "{what}: its {sessions} sessions share {} initializers ({} bytes) and their pre-packed weights",
                 shared.tensors,
@@ -154,7 +158,8 @@ pub fn prepare(
     }
 }
 
-fn share(builder: &SessionBuilder, path: &Path) -> Result<(SessionBuilder, SharedWeights), String> {
+/// The builder whose sessions share the weights, or None when the model has none worth sharing.
+fn share(builder: &SessionBuilder, path: &Path) -> Result<Option<(SessionBuilder, SharedWeights)>, String> {
     let mut shared = optimize(builder, path)?;
     let model = shared.model();
     let bytes =
@@ -180,10 +185,10 @@ fn share(builder: &SessionBuilder, path: &Path) -> Result<(SessionBuilder, Share
         count += 1;
     }
     if count == 0 {
-        return Err("the optimized model has no initializers to share".into());
+        return Ok(None);
     }
     (shared.bytes, shared.tensors) = (total, count);
-    Ok((b, shared))
+    Ok(Some((b, shared)))
 }
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
