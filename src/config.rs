@@ -218,6 +218,19 @@ pub struct ServeArgs {
     #[arg(long, alias = "trt_engine_cache_dir", value_name = "DIR")]
     pub trt_engine_cache_dir: Option<PathBuf>,
 
+    /// Where short inferences run: `auto` runs a version on the I/O thread (no hand-off to a blocking
+    /// thread) when its measured runs are short (99th percentile under --inline-max-run-micros) and a
+    /// session is free at once; `always` does so whenever a session is free; `never` runs every
+    /// inference on a blocking thread. Per model: `inline_execution` in `maas.pbtxt`.
+    #[arg(long, alias = "inline_execution", default_value = "auto", value_name = "auto|always|never",
+          value_parser = crate::runtime::inline::InlineMode::parse)]
+    pub inline_execution: crate::runtime::inline::InlineMode,
+
+    /// The run time, in microseconds, under which a run counts as short for --inline-execution auto
+    /// (per model: `inline_max_run_micros` in `maas.pbtxt`).
+    #[arg(long, alias = "inline_max_run_micros", default_value_t = 50, value_name = "MICROS")]
+    pub inline_max_run_micros: u64,
+
     /// Reply to Predict with raw `tensor_content` instead of typed `*_val` fields.
     #[arg(long, alias = "enable_serialization_as_tensor_content")]
     pub enable_serialization_as_tensor_content: bool,
@@ -433,6 +446,10 @@ impl ServeArgs {
                     // per model, from maas.pbtxt
                     tensorrt: Default::default(),
                     share_weights: self.share_session_weights,
+                    inline: crate::runtime::inline::InlineSettings {
+                        mode: self.inline_execution,
+                        max_run: Duration::from_micros(self.inline_max_run_micros),
+                    },
                 },
                 num_load_threads: self.num_load_threads,
                 max_load_retries: self.max_num_load_retries,

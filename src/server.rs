@@ -69,6 +69,9 @@ pub async fn serve_with_metrics(
     let tls_watch = tls.clone().map(|t| tokio::spawn(t.watch()));
     let tenancy_watch = tenancy.clone().map(|t| tokio::spawn(t.watch()));
     let manager = Arc::new(ModelManager::new(env, cfg.manager.clone(), cfg.source.clone()));
+    if let Some(t) = &tenancy {
+        manager.metrics().attach_tenancy(Arc::clone(t));
+    }
     let max_tensor_bytes = cfg.manager.runtime.max_tensor_bytes;
     let api = TfServing::new(Arc::clone(&manager), cfg.tensor_content_output, cfg.reload_config_timeout)
         .with_max_tensor_bytes(max_tensor_bytes);

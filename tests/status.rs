@@ -56,6 +56,15 @@ async fn healthy_versions_have_an_empty_error_message_and_details_in_the_route()
         memory,
         json!({"measured_as": "rss_delta_across_load", "weights_shared": false, "shared_weight_bytes": 0})
     );
+    // Where runs go: two warmup runs (one per session) measured, no decision yet, nothing served.
+    let mut ex = v["versions"][0].as_object_mut().unwrap().remove("execution").unwrap();
+    let largest = ex.as_object_mut().unwrap().remove("largest_inline_request_bytes").unwrap();
+    assert!(largest == json!(0) || largest == json!(32), "one row of 8 floats, if measured short: {largest}");
+    assert_eq!(
+        ex,
+        json!({"inline_execution": "auto", "inline_max_run_micros": 50, "inline_eligible": false,
+               "inline_runs": 0, "blocking_runs": 0, "too_large_for_inline": 0})
+    );
     assert_eq!(
         v,
         json!({"model": "numbers_classifier", "problem": null, "versions": [{

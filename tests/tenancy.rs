@@ -230,6 +230,21 @@ async fn answers_keys_limits_and_reloads_over_tls() {
         kv.model_statistics(auth(v2::ModelStatisticsRequest::default(), Some(&k.ops))).await.unwrap().into_inner();
     assert_eq!(admin_stats.model_stats.len(), 2);
 
+    // Refusals are counted per tenant and reason: one more call for a model outside the list adds one.
+    let c = https(&pki, None);
+    let rejected = |metrics: &Value, labels: &str| -> u64 {
+        let prefix = format!("maas_tenant_rejected_total{{{labels}}} ");
+        let text = metrics.as_str().unwrap();
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
+    };
+    let not_allowed = r#"tenant="acme",reason="model_not_allowed""#;
+    let (_, _, before) = rest(&c, server.rest_addr, "GET", "/metrics", Some(&k.ops), None).await;
+    assert!(rejected(&before, not_allowed) >= 3, "{before}");
+    assert!(rejected(&before, r#"tenant="",reason="unauthenticated""#) >= 9, "{before}");
+    tf.predict(auth(tf_req("identity_string", 1), a)).await.unwrap_err();
+    let (_, _, after) = rest(&c, server.rest_addr, "GET", "/metrics", Some(&k.ops), None).await;
+    assert_eq!(rejected(&after, not_allowed), rejected(&before, not_allowed) + 1);
+
     // Row 3: admin-only APIs.
     let e = ms.handle_reload_config_request(auth(ReloadConfigRequest::default(), a)).await.unwrap_err();
     assert_eq!(
@@ -289,8 +304,11 @@ async fn answers_keys_limits_and_reloads_over_tls() {
         tf.predict(auth(tf_req("numbers_classifier", 1), b)).await.unwrap();
     }
 
+    let (_, _, metrics) = rest(&c, server.rest_addr, "GET", "/metrics", Some(&k.ops), None).await;
+    assert_eq!(rejected(&metrics, r#"tenant="beta",reason="requests_per_second""#), 2, "{metrics}");
+    assert_eq!(rejected(&metrics, r#"tenant="acme",reason="permission_denied""#), 2, "{metrics}");
+
     // The same rows over TF REST and v2 REST.
-    let c = https(&pki, None);
     let r = server.rest_addr;
     for (path, body) in
         [("/v1/models/numbers_classifier:predict", tf_body(1)), ("/v2/models/numbers_classifier/infer", v2_body(1))]
@@ -442,6 +460,30 @@ async fn client_certificates_and_rotation() {
     let (s, _, _) =
         rest(&c, server.rest_addr, "POST", "/v2/models/numbers_classifier/infer", None, Some(v2_body(2))).await;
     assert_eq!(s, 200);
+    // curl with --cacert/--cert/--key: the certificate names acme; without it the handshake fails.
+    let (cert, key) = (dir.path().join("acme.pem"), dir.path().join("acme.key"));
+    std::fs::write(&cert, &acme.cert_pem).unwrap();
+    std::fs::write(&key, &acme.key_pem).unwrap();
+    let url = format!("https://localhost:{}/v2/models/numbers_classifier/infer", server.rest_addr.port());
+    let resolve = format!("localhost:{}:127.0.0.1", server.rest_addr.port());
+    let curl = |with_cert: bool| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sS", "--resolve", &resolve, "--cacert"]).arg(&pki.ca);
+        if with_cert {
+            cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
+        }
+        cmd.args(["-H", "content-type: application/json", "-d", &v2_body(2).to_string(), "-w", "\n%{http_code}"]);
+        cmd.arg(&url).output().unwrap()
+    };
+    let out = curl(true);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "200", "{text}");
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["model_name"], "numbers_classifier");
+    assert_eq!(v["outputs"][0]["shape"][0], 2);
+    let out = curl(false);
+    assert!(!out.status.success() || String::from_utf8_lossy(&out.stdout).ends_with("000"), "no client certificate");
 
     // Rotation: replace the files; new connections get the new certificate, the open one keeps working.
     let before = peer_cert(server.addr, &pki, &acme).await;

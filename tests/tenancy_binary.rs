@@ -187,6 +187,41 @@ async fn real_clients_sighup_usage_log_and_no_secrets() {
     assert_eq!(r["compute_seconds"].as_f64().unwrap(), m.compute_seconds);
     assert_eq!(r["queue_seconds"].as_f64().unwrap(), m.queue_seconds);
     assert_eq!(r["requests"], json!({"OK": 6 + extra, "INVALID_ARGUMENT": 1}));
+
+    // The metrics registry carries the same numbers (admin key, REST port).
+    let (code, metrics) =
+        curl(&["--cacert", ca, "-H", &format!("x-api-key: {ops}"), &format!("https://127.0.0.1:{rest_port}/metrics")]);
+    assert_eq!(code, 200);
+    let sample = |name: &str, labels: &str| -> f64 {
+        let prefix = format!("{name}{{{labels}}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&prefix));
+        line.unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))[prefix.len()..].parse().unwrap()
+    };
+    let mv = r#"tenant="acme",model="numbers_classifier",version="2""#;
+    assert_eq!(sample("maas_tenant_requests_total", &format!(r#"{mv},code="OK""#)), (6 + extra) as f64);
+    assert_eq!(sample("maas_tenant_requests_total", &format!(r#"{mv},code="INVALID_ARGUMENT""#)), 1.0);
+    assert_eq!(sample("maas_tenant_rows_total", mv), m.rows as f64);
+    assert_eq!(sample("maas_tenant_request_bytes_total", mv), m.request_bytes as f64);
+    assert_eq!(sample("maas_tenant_response_bytes_total", mv), m.response_bytes as f64);
+    assert_eq!(sample("maas_tenant_compute_seconds_total", mv), m.compute_seconds);
+    assert_eq!(sample("maas_tenant_queue_seconds_total", mv), m.queue_seconds);
+    // Refused: curl without a key, grpcio's call without one, the removed key after SIGHUP.
+    assert_eq!(sample("maas_tenant_rejected_total", r#"tenant="",reason="unauthenticated""#), 3.0);
+    assert_eq!(metrics.matches("maas_tenant_requests_total{").count(), 2, "{metrics}");
+    // promtool parses it and has no lint for the tenant families (exit 3 = lint elsewhere only).
+    let promtool = repo_root().join(".tools/prometheus/usr/bin/promtool");
+    let mut p = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut p.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    let lint = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(matches!(out.status.code(), Some(0 | 3)), "promtool: {lint}");
+    assert!(!lint.contains("maas_tenant"), "promtool lint on the tenant families: {lint}");
     drop((tf, ch));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -229,13 +264,79 @@ async fn real_clients_sighup_usage_log_and_no_secrets() {
     for token in [&acme, &acme2, &ops] {
         let digest = maas::tenancy::keys::Digest::of(token.as_bytes()).to_hex();
         let secret = token.rsplit('_').next().unwrap();
-        for (what, text) in [("logs", &logs), ("usage log", &log_text)] {
+        for (what, text) in [("logs", &logs), ("usage log", &log_text), ("metrics", &metrics)] {
             assert!(!text.contains(secret), "a token secret is in the {what}");
             assert!(!text.contains(&digest), "a token digest is in the {what}");
         }
     }
     for line in pki.server_key_pem.lines().filter(|l| !l.starts_with("-----")) {
-        assert!(!logs.contains(line), "the private key is in the logs");
+        assert!(!logs.contains(line) && !metrics.contains(line), "the private key is in the logs or metrics");
     }
     assert!(!key_body.is_empty());
+}
+
+/// Runs `maas serve` with `args` and returns (exit code, stderr); it must exit on its own.
+fn serve_fails(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_maas"))
+        .args(["serve", "--model-repository"])
+        .arg(bundled())
+        .args(["--host", "127.0.0.1", "--port", "0", "--rest-api-port", "0"])
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn broken_tls_and_tenants_files_fail_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki::Pki::new(dir.path());
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let os = |p: &std::path::Path| p.as_os_str().to_owned();
+    let flag = |f: &str| std::ffi::OsString::from(f);
+    let cases: Vec<(Vec<std::ffi::OsString>, Vec<String>)> = vec![
+        (
+            vec![flag("--tls-cert-file"), os(&garbage), flag("--tls-key-file"), os(&pki.server_key)],
+            vec![garbage.display().to_string(), "no PEM certificate".into()],
+        ),
+        (
+            vec![flag("--tls-cert-file"), os(&pki.server_cert), flag("--tls-key-file"), os(&missing)],
+            vec![missing.display().to_string()],
+        ),
+        (
+            vec![flag("--tls-cert-file"), os(&pki.server_cert), flag("--tls-key-file"), os(&garbage)],
+            vec![garbage.display().to_string()],
+        ),
+        (
+            vec![
+                flag("--tls-cert-file"),
+                os(&pki.server_cert),
+                flag("--tls-key-file"),
+                os(&pki.server_key),
+                flag("--tls-client-ca-file"),
+                os(&garbage),
+            ],
+            vec![garbage.display().to_string()],
+        ),
+    ];
+    let ssl = dir.path().join("ssl.pbtxt");
+    std::fs::write(&ssl, "server_key: \"x\" no_such_field: 1").unwrap();
+    let tenants = dir.path().join("tenants.pbtxt");
+    std::fs::write(&tenants, "tenants { name: \"Bad Name\" }").unwrap();
+    let mut cases = cases;
+    cases.push((vec![flag("--ssl_config_file"), os(&ssl)], vec![ssl.display().to_string()]));
+    cases.push((vec![flag("--tenant-config-file"), os(&tenants)], vec![tenants.display().to_string()]));
+    for (args, wanted) in cases {
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let (code, stderr) = serve_fails(&refs);
+        assert!(code.is_some_and(|c| c != 0), "{args:?} exited with {code:?}:\n{stderr}");
+        for w in wanted {
+            assert!(stderr.contains(&w), "{args:?}: the message does not name {w:?}:\n{stderr}");
+        }
+        assert!(!stderr.contains("listening"), "{args:?} listened before failing:\n{stderr}");
+        let key_line = pki.server_key_pem.lines().nth(1).unwrap();
+        assert!(!stderr.contains(key_line), "the private key is in the error");
+    }
 }

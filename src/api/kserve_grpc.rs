@@ -236,7 +236,7 @@ impl KServeGrpc {
         let r = r.into_inner();
         let servable = self.manager.resolve(&r.model_name, &selector(&r.model_version)?)?;
         call.servable(&servable);
-        let ctx = format!("model '{}' version {}", servable.model, servable.version);
+        let ctx = servable.what();
         let typed_output = match r.parameters.get(BINARY_OUTPUT_PARAM).and_then(|p| p.parameter_choice.as_ref()) {
             None => false,
             Some(ParameterChoice::BoolParam(b)) => !b,
@@ -258,7 +258,7 @@ impl KServeGrpc {
         let mut inputs = Vec::with_capacity(r.inputs.len());
         let mut budget = Budget::new(self.max_tensor_bytes);
         for input in r.inputs {
-            let dtype = v2_tensor::parse_datatype(&ctx, &input.name, &input.datatype)?;
+            let dtype = v2_tensor::parse_datatype(ctx, &input.name, &input.datatype)?;
             let tensor = match (use_raw, input.contents) {
                 (true, Some(_)) => {
                     return Err(Error::InvalidArgument(format!(
@@ -268,11 +268,11 @@ impl KServeGrpc {
                 }
                 (true, None) => {
                     let raw = raws.next().unwrap_or_default();
-                    v2_tensor::decode_raw(&ctx, &input.name, dtype, input.shape, raw, &mut budget)?
+                    v2_tensor::decode_raw(ctx, &input.name, dtype, input.shape, raw, &mut budget)?
                 }
                 (false, contents) => {
                     let contents = contents.unwrap_or_default();
-                    v2_tensor::decode_typed(&ctx, &input.name, dtype, input.shape, contents, &mut budget)?
+                    v2_tensor::decode_typed(ctx, &input.name, dtype, input.shape, contents, &mut budget)?
                 }
             };
             inputs.push((input.name, tensor));
@@ -305,7 +305,7 @@ impl KServeGrpc {
         }
         Ok(Response::new(pb::ModelInferResponse {
             model_name: servable.model.clone(),
-            model_version: servable.version.to_string(),
+            model_version: servable.version_str().to_string(),
             id: r.id,
             parameters: HashMap::new(),
             outputs,

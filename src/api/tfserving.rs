@@ -93,8 +93,8 @@ impl TfServing {
         let req = request.into_inner();
         let servable = self.resolve(req.model_spec.as_ref())?;
         call.servable(&servable);
-        let ctx = format!("model '{}' version {}", servable.model, servable.version);
-        let request = decode_request(&ctx, req, &mut Budget::new(self.max_tensor_bytes))?;
+        let ctx = servable.what();
+        let request = decode_request(ctx, req, &mut Budget::new(self.max_tensor_bytes))?;
         let response = call.infer(&servable, request, deadline).await?;
         let outputs: HashMap<String, _> = response
             .outputs

@@ -101,6 +101,8 @@ pub struct VersionDetails {
     /// The last failed load, if the version failed, or if changed files failed while the earlier
     /// ones keep serving.
     pub load_error: Option<String>,
+    /// Where the version's inferences run (inline or blocking), live (None when not serving).
+    pub execution: Option<crate::runtime::inline::InlineSnapshot>,
 }
 
 /// One model for the status route.
@@ -220,6 +222,7 @@ impl VersionRecord {
             loaded: self.report.clone(),
             dir: self.servable.as_ref().map(|s| s.version_dir().to_path_buf()),
             load_error: self.load_error.clone(),
+            execution: self.servable.as_ref().map(|s| s.inline.snapshot()),
         }
     }
 }

@@ -97,7 +97,7 @@ impl ModelManager {
         crate::logging::note_model(model);
         let table = self.table.load();
         // A model outside the caller's allow-list is answered exactly like a missing one.
-        let Some(m) = table.models.get(model).filter(|_| crate::tenancy::visible(model)) else {
+        let Some(m) = table.models.get(model).filter(|_| crate::tenancy::allowed(model)) else {
             let mut known: Vec<&str> =
                 table.models.keys().map(String::as_str).filter(|n| crate::tenancy::visible(n)).collect();
             known.sort_unstable();
@@ -172,7 +172,7 @@ impl ModelManager {
     pub fn status(&self, model: &str, version: Option<i64>) -> Result<Vec<(i64, VersionStatus)>, Error> {
         crate::logging::note_model(model);
         let state = self.lock();
-        let Some(rec) = state.models.get(model).filter(|_| crate::tenancy::visible(model)) else {
+        let Some(rec) = state.models.get(model).filter(|_| crate::tenancy::allowed(model)) else {
             let known: Vec<&str> =
                 state.models.keys().map(String::as_str).filter(|n| crate::tenancy::visible(n)).collect();
             return Err(Error::ModelNotFound { model: model.to_string(), known: known.join(", ") });
@@ -197,7 +197,7 @@ impl ModelManager {
     /// Every version of a model with how it was loaded, for the status route.
     pub fn details(&self, model: &str) -> Result<ModelDetails, Error> {
         let state = self.lock();
-        let Some(rec) = state.models.get(model).filter(|_| crate::tenancy::visible(model)) else {
+        let Some(rec) = state.models.get(model).filter(|_| crate::tenancy::allowed(model)) else {
             let known: Vec<&str> =
                 state.models.keys().map(String::as_str).filter(|n| crate::tenancy::visible(n)).collect();
             return Err(Error::ModelNotFound { model: model.to_string(), known: known.join(", ") });

@@ -101,14 +101,14 @@ fn replay(servable: &Servable, file: &Path, iterations: u32, max_tensor_bytes: u
             ),
         ),
     })?;
-    let ctx = format!("model '{}' version {}", servable.model, servable.version);
+    let ctx = servable.what();
     for (i, data) in records.iter().enumerate() {
         let n = i + 1;
         let failed = |code: Code, m: String| LoadError::new(code, format!("warmup record {n}: {m}"));
-        let request = recorded_request(&ctx, data.clone()).map_err(|m| failed(Code::InvalidArgument, m))?;
+        let request = recorded_request(ctx, data.clone()).map_err(|m| failed(Code::InvalidArgument, m))?;
         // Bounded like a request, by --max-tensor-bytes.
         let budget = &mut crate::tensor::Budget::new(max_tensor_bytes);
-        let request = decode_request(&ctx, request, budget).map_err(|e| failed(e.code(), e.to_string()))?;
+        let request = decode_request(ctx, request, budget).map_err(|e| failed(e.code(), e.to_string()))?;
         servable.validate(&request).map_err(|e| failed(e.code(), e.to_string()))?;
         for session in 0..servable.pool_size() {
             for _ in 0..iterations {

@@ -283,6 +283,8 @@ pub struct Registry {
     pub(crate) load_durations: Mutex<BTreeMap<String, Histogram>>,
     /// The previous `/proc/stat` CPU sample (busy, total jiffies), for `nv_cpu_utilization`.
     pub(crate) cpu: Mutex<Option<(u64, u64)>>,
+    /// The server's tenants, for the `maas_tenant_*` families (none without `--tenant-config-file`).
+    pub(crate) tenancy: std::sync::OnceLock<Arc<crate::tenancy::Tenancy>>,
 }
 
 impl Default for Registry {
@@ -304,7 +306,13 @@ impl Registry {
             load_failures: Mutex::default(),
             load_durations: Mutex::default(),
             cpu: Mutex::default(),
+            tenancy: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Exports the usage and refusals of `tenancy` as the `maas_tenant_*` families (once).
+    pub fn attach_tenancy(&self, tenancy: Arc<crate::tenancy::Tenancy>) {
+        let _ = self.tenancy.set(tenancy);
     }
 
     /// A registry reporting the ONNX Runtime version of the loaded library (from its build info,

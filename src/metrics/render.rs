@@ -22,6 +22,9 @@ pub fn render(r: &Registry, states: &ModelStates) -> String {
     triton(&mut w, &versions);
     machine(&mut w, r);
     maas(&mut w, r, &versions, states);
+    if let Some(t) = r.tenancy.get() {
+        tenants(&mut w, t);
+    }
     w.finish()
 }
 
@@ -233,3 +236,50 @@ fn maas(w: &mut Writer, r: &Registry, versions: &[Arc<VersionMetrics>], states: 
 const MEMORY_HELP: &str = "Memory a model version's load added to the process, in bytes: measured, as the growth of \
 the resident set (VmRSS) across the load (its sessions, weights and pre-packed weights, after memory freed by the \
 load is returned to the system); versions loading at the same time count into each other's";
+
+/// `maas_tenant_*`: the usage meter's totals (the same numbers `/maas/v1/usage` answers) and the
+/// refusals per tenant and reason. Label values come from the tenants file and the repository only.
+fn tenants(w: &mut Writer, t: &crate::tenancy::Tenancy) {
+    use crate::tenancy::usage::{seconds, Counters};
+    let totals = t.usage.totals(None, &[]);
+    let rows: Vec<(&str, &str, String, &Counters)> = totals
+        .iter()
+        .flat_map(|(tenant, models)| {
+            models.iter().map(move |(m, v, c)| (tenant.as_str(), m.as_str(), v.to_string(), c))
+        })
+        .collect();
+    let name = "maas_tenant_requests_total";
+    w.family(name, "counter", Some("Inference requests of a tenant per model version and status code"));
+    for (tenant, model, ver, c) in &rows {
+        for (code, n) in &c.requests {
+            w.int(name, &[("tenant", tenant), ("model", model), ("version", ver), ("code", code)], n);
+        }
+    }
+    type Pick = fn(&Counters) -> f64;
+    let families: [(&str, &str, Pick); 5] = [
+        ("maas_tenant_rows_total", "Rows (first dimension) of a tenant's inference requests", |c| c.rows as f64),
+        ("maas_tenant_request_bytes_total", "Bytes of a tenant's decoded input tensors", |c| c.request_bytes as f64),
+        ("maas_tenant_response_bytes_total", "Bytes of a tenant's output tensors", |c| c.response_bytes as f64),
+        (
+            "maas_tenant_compute_seconds_total",
+            "ONNX Runtime time of a tenant's requests (a batch's time split by rows), in seconds",
+            |c| seconds(c.compute_ns),
+        ),
+        (
+            "maas_tenant_queue_seconds_total",
+            "Time a tenant's requests waited for a session or a batch, in seconds",
+            |c| seconds(c.queue_ns),
+        ),
+    ];
+    for (name, help, pick) in families {
+        w.family(name, "counter", Some(help));
+        for (tenant, model, ver, c) in &rows {
+            w.float(name, &[("tenant", tenant), ("model", model), ("version", ver)], pick(c));
+        }
+    }
+    let name = "maas_tenant_rejected_total";
+    w.family(name, "counter", Some("Calls refused by authentication, authorization or a tenant limit, per reason"));
+    for (tenant, reason, n) in t.rejections() {
+        w.int(name, &[("tenant", &tenant), ("reason", reason)], n);
+    }
+}

@@ -342,7 +342,7 @@ fn run_batch(servable: &Servable, cfg: &BatchingConfig, padding: &Padding, sessi
         .and_then(|resp| {
             let tasks: Vec<(usize, &[Tensor])> = live.iter().map(|t| (t.rows, &t.inputs[..])).collect();
             let stages = resp.stages;
-            Ok((stages, split(&servable.what(), &servable.signature.inputs, padding, resp, &tasks, run_rows)?))
+            Ok((stages, split(servable.what(), &servable.signature.inputs, padding, resp, &tasks, run_rows)?))
         });
     match result {
         Ok((stages, parts)) => {

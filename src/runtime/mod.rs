@@ -4,6 +4,7 @@ mod batching;
 mod convert;
 pub mod env;
 pub mod gpu;
+pub mod inline;
 mod merge;
 mod padding;
 mod providers;
@@ -49,6 +50,8 @@ pub struct RuntimeConfig {
     /// The sessions of a version share their weights (CPU, two sessions or more; see
     /// [`shared_weights`]).
     pub share_weights: bool,
+    /// Short runs on the I/O thread (`--inline-execution`, `maas.pbtxt` `inline_execution`).
+    pub inline: inline::InlineSettings,
 }
 
 impl RuntimeConfig {
@@ -78,6 +81,7 @@ impl Default for RuntimeConfig {
             graph_optimization: GraphOptimization::All,
             tensorrt: trt_options::TrtOptions::default(),
             share_weights: true,
+            inline: inline::InlineSettings::default(),
         }
     }
 }

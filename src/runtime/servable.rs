@@ -6,6 +6,7 @@
 //! an `.await`, and inference never runs on a reactor thread.
 use super::batching::{unbatchable, Batcher};
 use super::convert::{dtype_from_ort, from_output, to_input};
+use super::inline::Inline;
 use super::providers;
 use super::shared_weights::{self, MemoryUse};
 use super::trt_options::{profile_warmup_shapes, Shapes, TrtOptions};
@@ -138,6 +139,10 @@ pub struct Servable {
     metrics: OnceLock<Arc<crate::metrics::VersionMetrics>>,
     /// What the load cost in memory.
     memory: MemoryUse,
+    /// Which runs are short enough for the I/O thread ([`super::inline`]).
+    pub inline: Inline,
+    label: String,
+    version_string: String,
 }
 
 impl std::fmt::Debug for Servable {
@@ -225,6 +230,9 @@ impl Servable {
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             metrics: OnceLock::new(),
             memory,
+            inline: Inline::new(cfg.inline),
+            label: format!("model '{model}' version {version}"),
+            version_string: version.to_string(),
         })
     }
 
@@ -276,8 +284,14 @@ impl Servable {
         self.path.parent().unwrap_or(&self.path)
     }
 
-    pub(crate) fn what(&self) -> String {
-        format!("model '{}' version {}", self.model, self.version)
+    /// "model 'm' version v", for messages (built once at load).
+    pub fn what(&self) -> &str {
+        &self.label
+    }
+
+    /// The version as a string, as the protocols answer it (built once at load).
+    pub fn version_str(&self) -> &str {
+        &self.version_string
     }
 
     /// Checks a request against the signature: every input present, known, with the right dtype and
@@ -400,6 +414,17 @@ impl Servable {
                 .await
                 .map_err(|_| Error::Internal(format!("{}: the batch thread dropped the request", self.what())))?;
         }
+        let bytes = input_bytes(&req);
+        // A short run goes on this (I/O) thread when a session is free at once: no hand-off.
+        if self.inline.wants(bytes) {
+            if let Ok(permit) = self.permits.try_acquire() {
+                let result = self.run_now(&req, None, started, bytes, true);
+                drop(permit);
+                self.stats.record(result.is_ok(), started.elapsed());
+                drop(admitted);
+                return result;
+            }
+        }
         let waiting = self.metrics().waiting();
         let permit = self
             .permits
@@ -416,31 +441,43 @@ impl Servable {
         tokio::task::spawn_blocking(move || {
             let _span = span.enter();
             let _admitted = admitted;
-            let result = match deadline {
-                Some(d) if Instant::now() >= d => Err(Error::DeadlineExceeded(format!(
-                    "{}: the client's deadline passed after {} ms waiting for a free session; the request was not run",
-                    this.what(),
-                    started.elapsed().as_millis()
-                ))),
-                _ => {
-                    let run_start = Instant::now();
-                    this.run_blocking(&req)
-                        .map(|mut r| {
-                            r.timing = crate::tensor::Timing {
-                                queue: run_start.saturating_duration_since(started),
-                                compute: run_start.elapsed(),
-                            };
-                            r
-                        })
-                        .map(|r| crate::metrics::call::queued(r, started))
-                }
-            };
+            let result = this.run_now(&req, deadline, started, bytes, false);
             drop(permit);
             this.stats.record(result.is_ok(), started.elapsed());
             result
         })
         .await
         .map_err(|e| Error::Internal(format!("inference task for {} failed: {e}", self.what())))?
+    }
+
+    /// Runs `req` now (the caller holds a permit), unless its deadline has passed; times the run for
+    /// the inline decision.
+    fn run_now(
+        &self,
+        req: &InferRequest,
+        deadline: Option<Instant>,
+        started: Instant,
+        bytes: u64,
+        inline: bool,
+    ) -> Result<InferResponse, Error> {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::DeadlineExceeded(format!(
+                "{}: the client's deadline passed after {} ms waiting for a free session; the request was not run",
+                self.what(),
+                started.elapsed().as_millis()
+            )));
+        }
+        if !inline {
+            self.inline.blocked();
+        }
+        let run_start = Instant::now();
+        let result = self.run_blocking(req);
+        let took = run_start.elapsed();
+        self.inline.record(bytes, took, inline);
+        result.map(|mut r| {
+            r.timing = crate::tensor::Timing { queue: run_start.saturating_duration_since(started), compute: took };
+            crate::metrics::call::queued(r, started)
+        })
     }
 
     /// Runs a validated request on a free session. Blocking.
@@ -529,7 +566,12 @@ impl Servable {
         if counted {
             self.stats.executions.fetch_add(1, Ordering::Relaxed);
         }
-        self.run_on(req, || Ok(session.lock().unwrap_or_else(|p| p.into_inner())))
+        let run_start = Instant::now();
+        let result = self.run_on(req, || Ok(session.lock().unwrap_or_else(|p| p.into_inner())));
+        if result.is_ok() {
+            self.inline.record(input_bytes(req), run_start.elapsed(), false);
+        }
+        result
     }
 
     fn take_session(&self) -> Result<MutexGuard<'_, Session>, Error> {
@@ -543,6 +585,17 @@ impl Servable {
         }
         Err(Error::Internal(format!("{}: no free session although a permit was held", self.what())))
     }
+}
+
+/// The size of a request for the inline decision: its input bytes.
+fn input_bytes(req: &InferRequest) -> u64 {
+    req.inputs
+        .iter()
+        .map(|(_, t)| match &t.data {
+            crate::tensor::TensorData::Raw(b) => b.len() as u64,
+            crate::tensor::TensorData::Strings(s) => s.iter().map(|b| b.len() as u64 + 32).sum(),
+        })
+        .sum()
 }
 
 fn list(specs: &[TensorSpec]) -> String {

@@ -239,6 +239,12 @@ pub fn apply(base: &RuntimeConfig, text: &str) -> Result<RuntimeConfig, String> 
     if let Some(level) = &s.graph_optimization_level {
         cfg.graph_optimization = GraphOptimization::parse(level)?;
     }
+    if let Some(mode) = &s.inline_execution {
+        cfg.inline.mode = super::inline::InlineMode::parse(mode)?;
+    }
+    if let Some(us) = s.inline_max_run_micros {
+        cfg.inline.max_run = std::time::Duration::from_micros(us);
+    }
     let enabled = s.enable_batching.unwrap_or(params.is_some() || cfg.batching.is_some());
     cfg.batching = if enabled { Some(params.or_else(|| cfg.batching.clone()).unwrap_or_default()) } else { None };
     // ---- TensorRT ----
@@ -357,6 +363,18 @@ mod tests {
         assert_eq!(
             apply(&base, "tensorrt { max_workspace_size: -1 }").unwrap_err(),
             "tensorrt: max_workspace_size must be positive, got -1"
+        );
+    }
+
+    #[test]
+    fn inline_execution_is_read() {
+        let base = RuntimeConfig::default();
+        let c = apply(&base, "inline_execution: \"never\" inline_max_run_micros: 200").unwrap();
+        assert_eq!(c.inline.mode, crate::runtime::inline::InlineMode::Never);
+        assert_eq!(c.inline.max_run, std::time::Duration::from_micros(200));
+        assert_eq!(
+            apply(&base, "inline_execution: \"yes\"").unwrap_err(),
+            "inline_execution must be one of auto, always, never; got \"yes\""
         );
     }
 

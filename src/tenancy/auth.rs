@@ -113,15 +113,29 @@ pub fn admit(
     metered: bool,
 ) -> Result<Admitted, Error> {
     let snap = tenancy.snapshot();
-    let caller = authenticate(&snap, headers, cert, OffsetDateTime::now_utc())?;
-    let t = &caller.tenant;
-    if let Some(api) = admin_api {
-        if !t.admin {
-            return Err(Error::PermissionDenied(format!("{api} needs the ADMIN role; {} has the USER role", t.who)));
+    let caller = authenticate(&snap, headers, cert, OffsetDateTime::now_utc()).inspect_err(|e| {
+        if let Some(reason) = super::Reject::of(e) {
+            tenancy.reject("", reason);
         }
-    }
-    t.limits.check_rate(&t.who)?;
-    let slot = t.limits.admit(&t.who)?;
+    })?;
+    let t = &caller.tenant;
+    let checks = || {
+        if let Some(api) = admin_api {
+            if !t.admin {
+                return Err(Error::PermissionDenied(format!(
+                    "{api} needs the ADMIN role; {} has the USER role",
+                    t.who
+                )));
+            }
+        }
+        t.limits.check_rate(&t.who)?;
+        t.limits.admit(&t.who)
+    };
+    let slot = checks().inspect_err(|e| {
+        if let Some(reason) = super::Reject::of(e) {
+            tenancy.reject(&t.name, reason);
+        }
+    })?;
     Ok(Admitted { ctx: Arc::new(RequestCtx::new(caller, Arc::clone(tenancy), metered)), _slot: slot })
 }
 

@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use config::{CertMatch, Models, TenancySpec};
 use keys::Digest;
 use limits::{LimiterSet, Slot};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -121,6 +121,31 @@ pub struct Tenancy {
     pub usage: Usage,
     /// Reloads rejected since start.
     pub reload_failures: AtomicU64,
+    /// Calls refused per (tenant, reason): `maas_tenant_rejected_total`. The tenant is "" when the
+    /// caller could not be identified; reasons are the fixed names of [`Reject`].
+    rejected: Mutex<BTreeMap<(Arc<str>, &'static str), u64>>,
+}
+
+/// Why a call was refused (the `reason` label of `maas_tenant_rejected_total`).
+pub struct Reject;
+
+impl Reject {
+    pub const UNAUTHENTICATED: &'static str = "unauthenticated";
+    pub const PERMISSION_DENIED: &'static str = "permission_denied";
+    pub const MODEL_NOT_ALLOWED: &'static str = "model_not_allowed";
+    pub const TOO_MANY_ROWS: &'static str = "rows_per_request";
+
+    /// The reason of a refusal by authentication or a limit; None for other errors.
+    pub fn of(e: &Error) -> Option<&'static str> {
+        match e {
+            Error::Unauthenticated => Some(Self::UNAUTHENTICATED),
+            Error::PermissionDenied(_) => Some(Self::PERMISSION_DENIED),
+            Error::RateLimited { limit, .. } => Some(limit),
+            Error::ResourceExhausted(_) => Some(limits::CONCURRENT),
+            Error::InvalidArgument(_) => Some(Self::TOO_MANY_ROWS),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Tenancy {
@@ -144,6 +169,7 @@ impl Tenancy {
             settings,
             usage,
             reload_failures: AtomicU64::new(0),
+            rejected: Mutex::default(),
         }))
     }
 
@@ -218,6 +244,23 @@ impl Tenancy {
                 }
             }
         }
+    }
+
+    /// Counts a refused call of `tenant` ("" when unidentified).
+    pub fn reject(&self, tenant: &str, reason: &'static str) {
+        let mut r = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        match r.iter_mut().find(|((t, why), _)| &**t == tenant && *why == reason) {
+            Some((_, n)) => *n += 1,
+            None => {
+                r.insert((Arc::from(tenant), reason), 1);
+            }
+        }
+    }
+
+    /// Refusals so far, sorted by tenant and reason.
+    pub fn rejections(&self) -> Vec<(Arc<str>, &'static str, u64)> {
+        let r = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        r.iter().map(|((t, why), n)| (Arc::clone(t), *why, *n)).collect()
     }
 
     /// Names of the configured tenants.
@@ -309,6 +352,19 @@ pub fn visible(model: &str) -> bool {
     CTX.try_with(|c| c.caller.tenant.models.allows(model)).unwrap_or(true)
 }
 
+/// Like [`visible`] for a model the caller named: a model outside the list is counted as a refusal
+/// (`model_not_allowed`), then answered like a missing one.
+pub fn allowed(model: &str) -> bool {
+    CTX.try_with(|c| {
+        let ok = c.caller.tenant.models.allows(model);
+        if !ok {
+            c.tenancy.reject(&c.caller.tenant.name, Reject::MODEL_NOT_ALLOWED);
+        }
+        ok
+    })
+    .unwrap_or(true)
+}
+
 /// The core resolved `model` `version` for the current call.
 pub fn note_resolved(model: &str, version: i64) {
     let _ = CTX.try_with(|c| {
@@ -335,6 +391,16 @@ fn tensor_bytes(t: &crate::tensor::Tensor) -> u64 {
 /// request) against the model's rows limit, else the tenant's.
 pub fn admit_inference(model: &str, version: i64, req: &InferRequest) -> Result<(), Error> {
     let Ok(ctx) = CTX.try_with(Arc::clone) else { return Ok(()) };
+    let result = admit_model(&ctx, model, version, req);
+    if let Err(e) = &result {
+        if let Some(reason) = Reject::of(e) {
+            ctx.tenancy.reject(&ctx.caller.tenant.name, reason);
+        }
+    }
+    result
+}
+
+fn admit_model(ctx: &RequestCtx, model: &str, version: i64, req: &InferRequest) -> Result<(), Error> {
     let rows = req.inputs.first().and_then(|(_, t)| t.shape.first()).map_or(0, |&d| d.max(0) as u64);
     {
         let mut n = ctx.note();

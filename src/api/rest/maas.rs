@@ -86,6 +86,15 @@ fn version_json(version: i64, d: &VersionDetails) -> Value {
         "error_message": s.message,
         "detail": (!s.detail.is_empty()).then_some(&s.detail),
         "load_error": d.load_error,
+        "execution": d.execution.as_ref().map(|e| json!({
+            "inline_execution": e.mode.name(),
+            "inline_max_run_micros": u64::try_from(e.max_run.as_micros()).unwrap_or(u64::MAX),
+            "inline_eligible": e.eligible,
+            "largest_inline_request_bytes": e.largest_short_bytes,
+            "inline_runs": e.inline_runs,
+            "blocking_runs": e.blocking_runs,
+            "too_large_for_inline": e.too_large,
+        })),
     });
     let loaded = match &d.loaded {
         Some(r) => loaded_json(r),

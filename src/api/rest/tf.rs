@@ -289,16 +289,16 @@ async fn predict(
         };
     let servable = m.resolve(name, &selector)?;
     call.servable(&servable);
-    let ctx = format!("model '{}' version {}", servable.model, servable.version);
+    let ctx = servable.what();
     let (inputs, batch) = {
         let unknown = |input: &str| unknown_input(&servable, input);
-        let model = tf_json::Model { ctx: &ctx, signature: &servable.signature, unknown_input: &unknown };
+        let model = tf_json::Model { ctx, signature: &servable.signature, unknown_input: &unknown };
         let columns = obj.get("inputs").unwrap_or(&Value::Null);
         tf_json::decode_inputs(&model, rows, columns, &mut Budget::new(limit.0))?
     };
     let response = call.infer(&servable, InferRequest { inputs, outputs: Vec::new() }, None).await?;
     match batch {
-        Some(_) => tf_json::encode_rows(&ctx, &response.outputs),
+        Some(_) => tf_json::encode_rows(ctx, &response.outputs),
         None => Ok(tf_json::encode_columns(&response.outputs)),
     }
 }

@@ -179,8 +179,8 @@ async fn run(
     };
     let servable = m.resolve(name, &selector)?;
     call.servable(&servable);
-    let ctx = format!("model '{}' version {}", servable.model, servable.version);
-    let decoded = decode_inputs(&ctx, inputs, &mut Budget::new(limit.0))?;
+    let ctx = servable.what();
+    let decoded = decode_inputs(ctx, inputs, &mut Budget::new(limit.0))?;
     let mut outputs = Vec::new();
     if let Some(list) = obj.get("outputs") {
         let Some(list) = list.as_array() else {
@@ -201,7 +201,7 @@ async fn run(
     let mut out = String::from("{\"model_name\":");
     json::write_str(&mut out, &servable.model);
     out.push_str(",\"model_version\":");
-    json::write_str(&mut out, &servable.version.to_string());
+    json::write_str(&mut out, servable.version_str());
     if let Some(id) = id {
         out.push_str(",\"id\":");
         json::write_str(&mut out, id);
