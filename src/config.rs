@@ -175,6 +175,12 @@ pub struct ServeArgs {
     #[arg(long, alias = "tensorflow_inter_op_parallelism", default_value_t = 1)]
     pub inter_op_threads: usize,
 
+    /// The sessions of a model version share one copy of its weights (CPU provider, two sessions or
+    /// more): the model is optimized once and its initializers and pre-packed weights are held once.
+    /// false = every session holds its own copy, as ONNX Runtime does by default.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub share_session_weights: bool,
+
     /// Requests per model version admitted at once (running or waiting for a session); beyond it
     /// requests get RESOURCE_EXHAUSTED at once instead of queueing. 0 = no bound.
     #[arg(long, alias = "max_in_flight_requests", default_value_t = 0, value_name = "N")]
@@ -439,6 +445,7 @@ impl ServeArgs {
                     graph_optimization: crate::runtime::GraphOptimization::All,
                     // per model, from maas.pbtxt
                     tensorrt: Default::default(),
+                    share_weights: self.share_session_weights,
                     inline: crate::runtime::inline::InlineSettings {
                         mode: self.inline_execution,
                         max_run: Duration::from_micros(self.inline_max_run_micros),

@@ -47,6 +47,15 @@ async fn healthy_versions_have_an_empty_error_message_and_details_in_the_route()
     assert_eq!(s, 200, "{v}");
     let ms = v["versions"][0].as_object_mut().unwrap().remove("load_time_ms").unwrap();
     assert!(ms.as_u64().is_some(), "load_time_ms is a number of milliseconds: {ms}");
+    // Measured, so only its form here (tests/shared_weights.rs checks the numbers); this model's
+    // weights are too small to share.
+    let mut memory = v["versions"][0].as_object_mut().unwrap().remove("memory").unwrap();
+    let bytes = memory.as_object_mut().unwrap().remove("bytes").unwrap();
+    assert!(bytes.as_u64().is_some(), "memory.bytes is a number of bytes: {bytes}");
+    assert_eq!(
+        memory,
+        json!({"measured_as": "rss_delta_across_load", "weights_shared": false, "shared_weight_bytes": 0})
+    );
     // Where runs go: two warmup runs (one per session) measured, no decision yet, nothing served.
     let mut ex = v["versions"][0].as_object_mut().unwrap().remove("execution").unwrap();
     let largest = ex.as_object_mut().unwrap().remove("largest_inline_request_bytes").unwrap();

@@ -85,6 +85,7 @@ impl ModelManager {
                     batching: servable.batching_config().map(|(c, threads)| (c.clone(), threads)),
                     load_time: took,
                     warmup,
+                    memory: servable.memory(),
                 });
                 self.metrics.register(&servable, took);
                 let old = vr.servable.replace(Arc::new(servable));

@@ -86,6 +86,8 @@ pub struct LoadReport {
     /// Loading and warming up.
     pub load_time: Duration,
     pub warmup: WarmupOutcome,
+    /// What the load cost in memory, and whether the sessions share their weights.
+    pub memory: crate::runtime::shared_weights::MemoryUse,
 }
 
 /// One version for the status route.

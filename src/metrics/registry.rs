@@ -184,6 +184,8 @@ pub struct VersionMetrics {
     load_secs: AtomicU64,
     /// `maas_execution_provider_info{provider}`.
     providers: Mutex<Vec<String>>,
+    /// `maas_model_memory_bytes`: the resident set the load added (measured).
+    memory_bytes: AtomicU64,
 }
 
 impl VersionMetrics {
@@ -205,6 +207,7 @@ impl VersionMetrics {
             duration: std::array::from_fn(|_| Histogram::new(&REQUEST_SECONDS)),
             load_secs: AtomicU64::new(0),
             providers: Mutex::new(Vec::new()),
+            memory_bytes: AtomicU64::new(0),
         }
     }
 
@@ -236,6 +239,11 @@ impl VersionMetrics {
 
     pub fn load_seconds(&self) -> f64 {
         f64::from_bits(self.load_secs.load(Relaxed))
+    }
+
+    /// The resident set the version's load added, in bytes (measured; see `MemoryUse`).
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes.load(Relaxed)
     }
 
     pub fn providers(&self) -> Vec<String> {
@@ -345,6 +353,7 @@ impl Registry {
     pub fn register(&self, servable: &Servable, load_time: Duration) {
         let v = self.version(&servable.model, servable.version);
         v.load_secs.store(load_time.as_secs_f64().to_bits(), Relaxed);
+        v.memory_bytes.store(servable.memory().rss_delta_bytes, Relaxed);
         *lock(&v.providers) = servable.providers.names.iter().map(|p| provider_name(p).to_string()).collect();
         lock(&self.load_durations)
             .entry(servable.model.clone())

@@ -216,6 +216,12 @@ fn maas(w: &mut Writer, r: &Registry, versions: &[Arc<VersionMetrics>], states: 
         w.int(name, &[("result", result)], r.polls[i].load(Relaxed));
     }
 
+    let name = "maas_model_memory_bytes";
+    w.family(name, "gauge", Some(MEMORY_HELP));
+    for v in versions {
+        w.int(name, &[("model", &v.model.name), ("version", &v.version.to_string())], v.memory_bytes());
+    }
+
     let name = "maas_execution_provider_info";
     w.family(name, "gauge", Some("The ONNX Runtime execution providers a model version runs on"));
     for v in versions {
@@ -225,6 +231,11 @@ fn maas(w: &mut Writer, r: &Registry, versions: &[Arc<VersionMetrics>], states: 
         }
     }
 }
+
+/// How `maas_model_memory_bytes` is obtained (measured, not estimated).
+const MEMORY_HELP: &str = "Memory a model version's load added to the process, in bytes: measured, as the growth of \
+the resident set (VmRSS) across the load (its sessions, weights and pre-packed weights, after memory freed by the \
+load is returned to the system); versions loading at the same time count into each other's";
 
 /// `maas_tenant_*`: the usage meter's totals (the same numbers `/maas/v1/usage` answers) and the
 /// refusals per tenant and reason. Label values come from the tenants file and the repository only.

@@ -10,6 +10,7 @@ mod padding;
 mod providers;
 mod servable;
 pub mod settings;
+pub mod shared_weights;
 pub mod trt_cache;
 pub mod trt_options;
 
@@ -46,6 +47,9 @@ pub struct RuntimeConfig {
     pub graph_optimization: GraphOptimization,
     /// TensorRT build options (per model, from `maas.pbtxt`).
     pub tensorrt: trt_options::TrtOptions,
+    /// The sessions of a version share their weights (CPU, two sessions or more; see
+    /// [`shared_weights`]).
+    pub share_weights: bool,
     /// Short runs on the I/O thread (`--inline-execution`, `maas.pbtxt` `inline_execution`).
     pub inline: inline::InlineSettings,
 }
@@ -76,6 +80,7 @@ impl Default for RuntimeConfig {
             trt_engine_cache_dir: None,
             graph_optimization: GraphOptimization::All,
             tensorrt: trt_options::TrtOptions::default(),
+            share_weights: true,
             inline: inline::InlineSettings::default(),
         }
     }

@@ -8,6 +8,7 @@ use super::batching::{unbatchable, Batcher};
 use super::convert::{dtype_from_ort, from_output, to_input};
 use super::inline::Inline;
 use super::providers;
+use super::shared_weights::{self, MemoryUse};
 use super::trt_options::{profile_warmup_shapes, Shapes, TrtOptions};
 use super::{settings, BatchingConfig, RuntimeConfig};
 use crate::error::Error;
@@ -136,6 +137,8 @@ pub struct Servable {
     tensorrt: Option<TrtOptions>,
     /// Prometheus series, given by the registry when the version is registered.
     metrics: OnceLock<Arc<crate::metrics::VersionMetrics>>,
+    /// What the load cost in memory.
+    memory: MemoryUse,
     /// Which runs are short enough for the I/O thread ([`super::inline`]).
     pub inline: Inline,
     label: String,
@@ -167,22 +170,28 @@ impl Servable {
             return Err(LoadError::new(Code::NotFound, format!("model file {} does not exist", path.display())));
         }
         let cfg = &settings::for_version(cfg, path).map_err(|m| LoadError::new(Code::InvalidArgument, m))?;
+        let meter = shared_weights::Meter::start();
         let builder = session_builder(env, cfg.intra_op_threads, cfg.inter_op_threads)?
             .with_optimization_level(cfg.graph_optimization.to_ort())
             .map_err(|e| format!("could not set the graph optimization level: {e}"))?
             .with_log_id(format!("{model}:{version}"))
             .map_err(|e| format!("could not set the log id: {e}"))?;
         let target = providers::Target { model, version, dir: path.parent().unwrap_or(Path::new(".")) };
-        let (mut builder, providers) =
+        let (builder, providers) =
             providers::register(builder, cfg, &target).map_err(|m| LoadError::new(Code::FailedPrecondition, m))?;
         let pool_size = cfg.sessions();
+        let what = format!("model '{model}' version {version}");
+        let (mut builder, shared) =
+            shared_weights::prepare(builder, path, pool_size, &providers, cfg.share_weights, &what);
+        let file = shared.as_ref().map_or_else(|| path.to_path_buf(), |s| s.model());
         let mut sessions = Vec::with_capacity(pool_size);
         for _ in 0..pool_size {
-            let session = builder.commit_from_file(path).map_err(|e| {
+            let session = builder.commit_from_file(&file).map_err(|e| {
                 LoadError::new(Code::InvalidArgument, format!("ONNX Runtime could not load {}: {e}", path.display()))
             })?;
             sessions.push(session);
         }
+        let memory = meter.finish(shared);
         let signature = signature_of(&sessions[0]).map_err(|m| LoadError::new(Code::InvalidArgument, m))?;
         let batcher = match &cfg.batching {
             None => None,
@@ -220,10 +229,16 @@ impl Servable {
             permits: Arc::new(Semaphore::new(sessions.len())),
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             metrics: OnceLock::new(),
+            memory,
             inline: Inline::new(cfg.inline),
             label: format!("model '{model}' version {version}"),
             version_string: version.to_string(),
         })
+    }
+
+    /// What loading the version cost in memory, and whether its sessions share their weights.
+    pub fn memory(&self) -> MemoryUse {
+        self.memory
     }
 
     /// This version's Prometheus series (series that are never exported until registered).

@@ -6,6 +6,7 @@
 use super::tf::error_code_name;
 use super::{respond, Mgr};
 use crate::manager::{LoadReport, ModelDetails, ModelManager, VersionDetails, WarmupOutcome};
+use crate::runtime::shared_weights::MemoryUse;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::get;
@@ -104,6 +105,7 @@ fn version_json(version: i64, d: &VersionDetails) -> Value {
             "batching": null,
             "load_time_ms": null,
             "warmup": null,
+            "memory": null,
         }),
     };
     if let (Some(v), Value::Object(l)) = (v.as_object_mut(), loaded) {
@@ -130,6 +132,18 @@ fn loaded_json(r: &LoadReport) -> Value {
         "batching": batching,
         "load_time_ms": u64::try_from(r.load_time.as_millis()).unwrap_or(u64::MAX),
         "warmup": warmup_json(&r.warmup),
+        "memory": memory_json(&r.memory),
+    })
+}
+
+/// What the version's load cost in memory: `bytes` is measured (the growth of the process's resident
+/// set across the load), `shared_weight_bytes` is exact (initializers held once for all sessions).
+fn memory_json(m: &MemoryUse) -> Value {
+    json!({
+        "bytes": m.rss_delta_bytes,
+        "measured_as": "rss_delta_across_load",
+        "weights_shared": m.shared,
+        "shared_weight_bytes": m.shared_weight_bytes,
     })
 }
 
