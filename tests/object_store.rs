@@ -469,7 +469,12 @@ async fn one_listing_request_per_poll_for_100_models_with_3_versions() {
     })
     .await;
     let ready = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // At least 5 polls (one a second; fewer on a loaded machine, so wait for them, bounded).
+    wait_for(60, "5 polls of the bucket", || {
+        let log = r.log(0);
+        async move { (log.matches("maas::repository::remote: listed").count() >= 5).then_some(()) }
+    })
+    .await;
     let exit = tokio::task::block_in_place(|| r.terminate());
     assert!(exit.success());
     let polls = r.log(0).matches("maas::repository::remote: listed").count() as u64;
