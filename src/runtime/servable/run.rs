@@ -157,4 +157,3 @@ pub(super) fn input_bytes(req: &InferRequest) -> u64 {
         })
         .sum()
 }
-
